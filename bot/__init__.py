@@ -1,0 +1,1 @@
+"""The Slack front end of clusterbook (Bolt app)."""
