@@ -31,6 +31,7 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Self
 
 from clusterbook.errors import ExternalServiceError, MissingComponentError
 
@@ -131,7 +132,7 @@ class MotoServer:
                 stream.close()
         logger.info("moto server on port %d stopped", self.port)
 
-    def __enter__(self) -> MotoServer:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -217,7 +218,7 @@ def stop_moto_server(pid: int, *, timeout_s: float = 10.0) -> None:
 def reset_moto_server(endpoint_url: str) -> None:
     """Ask the server to drop all state (moto's own reset API)."""
     request = urllib.request.Request(f"{endpoint_url}/moto-api/reset", method="POST", data=b"")
-    with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 (local only)
+    with urllib.request.urlopen(request, timeout=10) as response:
         response.read()
 
 
