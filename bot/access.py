@@ -38,7 +38,6 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-
 from clusterbook.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -112,9 +111,8 @@ class AccessPolicy:
         for rule in self.rules:
             if action not in rule.actions:
                 continue
-            if runbook is not None and action in WRITE_ACTIONS:
-                if not any(fnmatch.fnmatchcase(runbook, p) for p in rule.runbooks):
-                    continue
+            if runbook is not None and action in WRITE_ACTIONS and not _matches(runbook, rule):
+                continue
             if rule.channels and channel not in rule.channels and "*" not in rule.channels:
                 continue
             if not self._matches_person(rule, user):
@@ -149,6 +147,10 @@ class AccessPolicy:
 
     def groups(self) -> set[str]:
         return {g for rule in self.rules for g in rule.usergroups}
+
+
+def _matches(runbook: str, rule: Rule) -> bool:
+    return any(fnmatch.fnmatchcase(runbook, pattern) for pattern in rule.runbooks)
 
 
 def parse_policy(data: Any, *, source: str) -> AccessPolicy:

@@ -1,0 +1,362 @@
+"""Running what Slack asked for, after the ack: intake, a bounded worker pool, results.
+
+A ``RunRequest`` is one or more runbooks run in order (``up`` is a pipeline) for one person in
+one channel. ``submit`` hands it to the intake thread, which records the first run in the run
+index as "queued" (so a restart finds it), posts the run's message and queues it for the
+worker pool; at most ``workers`` runs execute at once, the rest wait in order.
+
+While a run executes, the engine reports each step; the message is updated through the
+throttled ``ChannelWriter``. At the end the message shows status, duration and outputs, the
+archived notebook is uploaded in the thread, and a failure gets its step, error and
+diagnostics there too.
+
+On start-up ``resume`` asks the engine to mark runs left "running" by a dead process as
+"interrupted" (their partial notebooks are archived by the engine), and queues again the runs
+this bot had queued.
+
+Known shortcoming: a pipeline records its later runbooks only when the earlier ones succeed,
+so after a restart only the run that was queued resumes, not the rest of the pipeline; the
+message says which runbooks did not run.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from clusterbook.archive.stores import open_store
+from clusterbook.engine import Engine, ProgressEvent
+from clusterbook.errors import ClusterbookError
+from clusterbook.settings import Settings
+from clusterbook_bot import messages
+from clusterbook_bot.progress import ChannelWriter
+from slack_sdk import WebClient
+
+logger = logging.getLogger(__name__)
+
+SOURCE = "slack"
+#: How Slack people appear in run records: ``slack:U0123ABC``.
+SLACK_USER = "slack:"
+MAX_UPLOAD_BYTES = 20 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Stage:
+    runbook: str
+    params: dict[str, Any]
+
+
+@dataclass
+class RunRequest:
+    """What to run, for whom, where."""
+
+    title: str
+    stages: list[Stage]
+    requester: str
+    channel: str
+    approved_by: str | None = None
+    #: Set by ``resume``: the first stage is already in the index as this queued run.
+    queued_run_id: str | None = None
+
+
+@dataclass
+class _Job:
+    request: RunRequest
+    ts: str = ""
+    run_ids: list[str] = field(default_factory=list)
+    started: float = field(default_factory=time.monotonic)
+    stage_index: int = 0
+
+
+class RunDispatcher:
+    """Owns the intake thread, the worker pool and the run messages."""
+
+    def __init__(
+        self,
+        *,
+        engine: Engine,
+        settings: Settings,
+        client: WebClient,
+        writer: ChannelWriter,
+        workers: int,
+    ) -> None:
+        self.engine = engine
+        self.settings = settings
+        self.client = client
+        self.writer = writer
+        self._intake = ThreadPoolExecutor(max_workers=1, thread_name_prefix="intake")
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="run")
+        self._jobs: dict[str, _Job] = {}
+        self._lock = threading.Lock()
+
+    def shutdown(self, *, wait: bool = False) -> None:
+        self._intake.shutdown(wait=wait, cancel_futures=not wait)
+        self._pool.shutdown(wait=wait, cancel_futures=not wait)
+
+    def submit(self, request: RunRequest) -> None:
+        """Queue ``request`` (returns at once; work happens in the intake thread)."""
+        self._intake.submit(self._guard, self._intake_job, request)
+
+    def later(self, work: Any, *args: Any) -> None:
+        """Run a small follow-up of a request (a modal, a notice) after the ack."""
+        self._intake.submit(self._guard, work, *args)
+
+    @staticmethod
+    def _guard(work: Any, *args: Any) -> None:
+        try:
+            work(*args)
+        except Exception:
+            logger.exception("background work %s failed", getattr(work, "__name__", work))
+
+    # -- intake: record as queued, post the message, queue for a worker ---------------------
+
+    def _intake_job(self, request: RunRequest) -> None:
+        job = _Job(request)
+        first = request.stages[0]
+        if request.queued_run_id is not None:
+            run_id = request.queued_run_id
+        else:
+            run_id = self._prepare(request, first)
+        job.run_ids.append(run_id)
+        with self._lock:
+            self._jobs[run_id] = job
+
+        blocks = self._progress(job, status="queued", step=0, total=1, heading="waiting")
+        response = self.writer.send(
+            request.channel,
+            lambda: self.client.chat_postMessage(
+                channel=request.channel, text=f"{request.title}: queued", blocks=blocks
+            ),
+        )
+        job.ts = str(response["ts"])
+        logger.info("run %s queued for %s in %s", run_id, request.requester, request.channel)
+        self._pool.submit(self._guard, self._execute_job, job)
+
+    def _prepare(self, request: RunRequest, stage: Stage) -> str:
+        record = self.engine.prepare(
+            stage.runbook,
+            stage.params,
+            requester=SLACK_USER + request.requester,
+            source=SOURCE,
+            channel=request.channel,
+            approved_by=SLACK_USER + request.approved_by if request.approved_by else None,
+        )
+        return record.run_id
+
+    # -- execution in a worker ----------------------------------------------------------------
+
+    def _execute_job(self, job: _Job) -> None:
+        request = job.request
+        outputs: dict[str, Any] = {}
+        links: list[str] = []
+        uploads: list[tuple[str, str]] = []
+        status, failure = "succeeded", None
+
+        for index, stage in enumerate(request.stages):
+            job.stage_index = index
+            if index > 0:
+                run_id = self._prepare(request, stage)
+                job.run_ids.append(run_id)
+                with self._lock:
+                    self._jobs[run_id] = job
+            run_id = job.run_ids[-1]
+
+            result = self._execute_stage(job, run_id)
+            outputs.update(result.outputs or {})
+            if result.notebook_path:
+                links.append(str(result.notebook_path))
+                uploads.append((run_id, str(result.notebook_path)))
+            if result.status != "succeeded":
+                status, failure = result.status, (stage, result)
+                break
+
+        self._finish(job, status=status, outputs=outputs, links=links, failure=failure)
+        for run_id, location in uploads:
+            self._upload_notebook(job, run_id=run_id, location=location)
+        with self._lock:
+            for run_id in job.run_ids:
+                self._jobs.pop(run_id, None)
+
+    def _execute_stage(self, job: _Job, run_id: str) -> Any:
+        def on_progress(event: ProgressEvent) -> None:
+            if event.kind != "cell":
+                return
+            blocks = self._progress(
+                job,
+                status="running",
+                step=event.step_index,
+                total=event.step_total,
+                heading=event.step_title,
+            )
+            self.writer.update(job.request.channel, job.ts, text=job.request.title, blocks=blocks)
+
+        record = self.engine.index.get(run_id)
+        if record.finished:  # cancelled while it waited for a worker
+            return _NotStarted(run_id=run_id, message=record.error_summary or "",
+                               status=record.status)
+        try:
+            return self.engine.execute(run_id, on_progress=on_progress)
+        except ClusterbookError as exc:
+            logger.warning("run %s could not start: %s", run_id, exc)
+            return _NotStarted(run_id=run_id, message=str(exc))
+
+    def _progress(
+        self, job: _Job, *, status: str, step: int, total: int, heading: str
+    ) -> list[dict[str, Any]]:
+        request = job.request
+        stage = None
+        if len(request.stages) > 1:
+            current = request.stages[job.stage_index].runbook
+            stage = f"{job.stage_index + 1}/{len(request.stages)} {current}"
+        return messages.progress_blocks(
+            title=request.title,
+            run_id=job.run_ids[-1] if job.run_ids else None,
+            status=status,
+            stage=stage,
+            step=step,
+            total=total,
+            heading=heading,
+            requester=request.requester,
+        )
+
+    def _finish(
+        self,
+        job: _Job,
+        *,
+        status: str,
+        outputs: dict[str, Any],
+        links: list[str],
+        failure: tuple[Stage, Any] | None,
+    ) -> None:
+        request = job.request
+        failed_step = None
+        if failure is not None:
+            failed_step = f"{failure[0].runbook}: {_step_name(failure[1])}"
+        blocks = messages.final_blocks(
+            title=request.title,
+            status=status,
+            duration_s=time.monotonic() - job.started,
+            run_ids=job.run_ids,
+            requester=request.requester,
+            approved_by=request.approved_by,
+            outputs=outputs,
+            notebook_links=links,
+            failed_step=failed_step,
+        )
+        self.writer.discard(request.channel, job.ts)
+        self.writer.send(
+            request.channel,
+            lambda: self.client.chat_update(
+                channel=request.channel, ts=job.ts, text=f"{request.title}: {status}", blocks=blocks
+            ),
+        )
+        logger.info("%s for %s ended %s", request.title, request.requester, status)
+
+        if failure is not None:
+            text = failure_details(failure[1], step=failed_step or "")
+            self.writer.send(
+                request.channel,
+                lambda: self.client.chat_postMessage(
+                    channel=request.channel, thread_ts=job.ts, text=text
+                ),
+            )
+
+    def _upload_notebook(self, job: _Job, *, run_id: str, location: str) -> None:
+        try:
+            store = open_store(
+                self.settings.archive_url,
+                endpoint_url=self.settings.aws_endpoint_url,
+                region=self.settings.aws_region,
+            )
+            content = store.read(location)
+        except ClusterbookError as exc:
+            logger.warning("run %s: cannot read the archived notebook: %s", run_id, exc)
+            return
+        if len(content) > MAX_UPLOAD_BYTES:
+            logger.info("run %s: notebook too large to upload; linked only", run_id)
+            return
+
+        channel = job.request.channel
+        self.writer.send(
+            channel,
+            lambda: self.client.files_upload_v2(
+                channel=channel,
+                thread_ts=job.ts,
+                filename=f"{run_id}.ipynb",
+                content=content,
+                title=f"Executed notebook of run {run_id}",
+            ),
+        )
+
+    # -- cancel and restart ---------------------------------------------------------------
+
+    def cancel(self, run_id: str) -> None:
+        self.engine.cancel(run_id)
+
+    def resume(self) -> None:
+        """After a restart: mark dead runs interrupted, re-queue this bot's queued runs."""
+        ours = [r for r in self.engine.index.unfinished() if r.source == SOURCE and r.channel]
+        to_resume = set(self.engine.recover(resume_sources=(SOURCE,)))
+
+        for old in ours:
+            record = self.engine.index.get(old.run_id)
+            if record.status == "interrupted" and record.channel:
+                self.later(self._notify, record.channel,
+                           messages.interrupted_after_restart(record.run_id))
+            if record.run_id not in to_resume or not record.channel:
+                continue
+            logger.info("resuming queued run %s", record.run_id)
+            self.submit(
+                RunRequest(
+                    title=f"{record.runbook} (resumed after a restart)",
+                    stages=[Stage(record.runbook, dict(record.params))],
+                    requester=record.requester.removeprefix(SLACK_USER),
+                    channel=record.channel,
+                    approved_by=(record.approved_by or "").removeprefix(SLACK_USER) or None,
+                    queued_run_id=record.run_id,
+                )
+            )
+
+    def _notify(self, channel: str, text: str) -> None:
+        self.writer.send(channel, lambda: self.client.chat_postMessage(channel=channel, text=text))
+
+
+@dataclass(frozen=True)
+class _NotStarted:
+    """A stage the engine refused to start (lock held, run cancelled while queued)."""
+
+    run_id: str
+    message: str
+    status: str = "failed"
+    outputs: dict[str, Any] = field(default_factory=dict)
+    notebook_path: str | None = None
+    error: Any = None
+
+
+def _step_name(result: Any) -> str:
+    error = getattr(result, "error", None)
+    if error is None:
+        return getattr(result, "message", "") or result.status
+    step = getattr(error, "step_title", None)
+    return step or f"cell {error.cell_index}"
+
+
+def failure_details(result: Any, *, step: str) -> str:
+    error = getattr(result, "error", None)
+    if error is None:
+        return messages.failure_text(
+            step=step, ename=result.status, evalue=getattr(result, "message", ""), diagnostics=""
+        )
+    diagnostics = ""
+    outputs = getattr(result, "outputs", None) or {}
+    if "diagnostics" in outputs:
+        diagnostics = str(outputs["diagnostics"])
+    elif error.traceback:
+        diagnostics = "\n".join(str(error.traceback).splitlines()[-15:])
+    return messages.failure_text(
+        step=step, ename=error.ename, evalue=error.evalue, diagnostics=diagnostics
+    )
