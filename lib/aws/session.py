@@ -1,7 +1,7 @@
 """boto3 clients built from Settings: endpoint, region, credentials and retry policy.
 
 Retries: botocore's adaptive mode (exponential back-off plus a client-side rate limiter that
-slows down when AWS throttles), ``MAX_ATTEMPTS`` attempts per call. What still fails after
+slows down when AWS throttles), ``MAX_ATTEMPTS`` attempts per call in all. What still fails after
 that reaches ``errors.translate_aws_errors`` as a throttling error.
 
 Credentials: boto3's usual chain for real AWS. In the sandbox (``settings.sandbox``) the
@@ -45,7 +45,7 @@ class AwsClients:
 
 def retry_config(*, max_attempts: int = MAX_ATTEMPTS) -> Config:
     return Config(
-        retries={"mode": "adaptive", "max_attempts": max_attempts},
+        retries={"mode": "adaptive", "total_max_attempts": max_attempts},
         connect_timeout=10,
         read_timeout=60,
         user_agent_extra="clusterbook",
