@@ -14,7 +14,6 @@ import logging
 import sys
 
 import click
-
 from clusterbook.errors import ClusterbookError
 from clusterbook.logs import configure_service_logging
 from clusterbook.settings import Settings
