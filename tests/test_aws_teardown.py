@@ -1,0 +1,164 @@
+"""Teardown removes exactly what carries the cluster tag, even after a half-done provision."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from typing import Any
+
+import pytest
+
+from clusterbook.aws.provision import provision_cluster
+from clusterbook.aws.tags import TAG_CLUSTER
+from clusterbook.aws.teardown import list_tagged_resources, teardown_cluster
+from clusterbook.aws.validate import validate_cluster_spec
+from clusterbook.errors import UserInputError
+from fixtures.aws import REGION
+
+
+def make_spec(cluster: str = "demo", **changes: Any) -> Any:
+    return validate_cluster_spec(
+        cluster=cluster, region=REGION, admin_cidr="203.0.113.7/32", **changes
+    )
+
+
+def tagged_with(aws_cli: Any, cluster: str) -> list[dict[str, Any]]:
+    """Live resources carrying the cluster tag, as the AWS CLI sees them."""
+    tag = f"Name=tag:{TAG_CLUSTER},Values={cluster}"
+    states = "Name=instance-state-name,Values=pending,running,stopping,stopped"
+    found = []
+    reservations = aws_cli("ec2", "describe-instances", "--filters", tag, states)
+    found += [i for r in reservations["Reservations"] for i in r["Instances"]]
+    for command, key in [
+        ("describe-security-groups", "SecurityGroups"),
+        ("describe-key-pairs", "KeyPairs"),
+        ("describe-vpcs", "Vpcs"),
+        ("describe-subnets", "Subnets"),
+        ("describe-volumes", "Volumes"),
+        ("describe-internet-gateways", "InternetGateways"),
+        ("describe-route-tables", "RouteTables"),
+    ]:
+        found += aws_cli("ec2", command, "--filters", tag)[key]
+    return found
+
+
+@pytest.mark.parametrize("vpc_mode", ["default", "dedicated"])
+def test_teardown_leaves_nothing_tagged(
+    aws_settings: Any, aws_clients: Any, aws_cli: Any, fast_waits: Any, vpc_mode: str
+) -> None:
+    provision_cluster(aws_settings, make_spec(vpc_mode=vpc_mode), run_id="r", options=fast_waits)
+    assert tagged_with(aws_cli, "demo")
+
+    report = teardown_cluster(aws_clients, settings=aws_settings, cluster="demo", confirm="demo")
+
+    assert report.remaining == []
+    assert len(report.terminated_instances) == 2
+    assert tagged_with(aws_cli, "demo") == []
+    assert not aws_settings.cluster_dir("demo").exists()  # key and inventory gone
+    removed = {r["type"] for r in report.removed}
+    assert {"instance", "security-group", "key-pair", "local-key-file"} <= removed
+    if vpc_mode == "dedicated":
+        assert {"vpc", "subnet", "internet-gateway", "route-table"} <= removed
+
+
+def test_teardown_never_touches_other_clusters_or_untagged_resources(
+    aws_settings: Any, aws_clients: Any, aws_cli: Any, fast_waits: Any
+) -> None:
+    provision_cluster(aws_settings, make_spec("demo"), run_id="r1", options=fast_waits)
+    other = provision_cluster(aws_settings, make_spec("other"), run_id="r2", options=fast_waits)
+    untagged = aws_clients.ec2.create_security_group(
+        GroupName="hand-made", Description="made by a person"
+    )["GroupId"]
+    untagged_vpc = aws_clients.ec2.create_vpc(CidrBlock="10.99.0.0/16")["Vpc"]["VpcId"]
+
+    teardown_cluster(aws_clients, settings=aws_settings, cluster="demo", confirm="demo")
+
+    assert tagged_with(aws_cli, "demo") == []
+    assert len(tagged_with(aws_cli, "other")) == len(other.nodes) + 4  # + volumes, SG, key
+    groups = aws_cli("ec2", "describe-security-groups", "--group-ids", untagged)
+    assert groups["SecurityGroups"][0]["GroupName"] == "hand-made"
+    assert aws_cli("ec2", "describe-vpcs", "--vpc-ids", untagged_vpc)["Vpcs"]
+    default_vpcs = aws_cli("ec2", "describe-vpcs", "--filters", "Name=isDefault,Values=true")
+    assert default_vpcs["Vpcs"]
+    assert aws_settings.cluster_dir("other").joinpath("id_ed25519").exists()
+
+
+def test_teardown_requires_the_cluster_name_as_confirmation(
+    aws_settings: Any, aws_clients: Any, fast_waits: Any
+) -> None:
+    provision_cluster(aws_settings, make_spec(), run_id="r", options=fast_waits)
+    calls: list[str] = []
+    aws_clients.on_every_call(lambda model, **_: calls.append(model.name))
+
+    with pytest.raises(UserInputError) as caught:
+        teardown_cluster(aws_clients, settings=aws_settings, cluster="demo", confirm="yes")
+
+    assert "confirm=demo" in str(caught.value)
+    assert calls == []  # refused before any API call
+    remaining, _ = list_tagged_resources(aws_clients.ec2, "demo")
+    assert any(r["type"] == "instance" for r in remaining)
+
+
+def test_teardown_twice_is_harmless(aws_settings: Any, aws_clients: Any, fast_waits: Any) -> None:
+    provision_cluster(aws_settings, make_spec(), run_id="r", options=fast_waits)
+    teardown_cluster(aws_clients, settings=aws_settings, cluster="demo", confirm="demo")
+
+    again = teardown_cluster(aws_clients, settings=aws_settings, cluster="demo", confirm="demo")
+
+    assert again.removed == [] and again.remaining == []
+
+
+KILL_MIDWAY = textwrap.dedent(
+    """
+    import os, signal, sys
+    from clusterbook.aws.instances import WaitLimits
+    from clusterbook.aws.provision import WaitOptions, provision_cluster
+    from clusterbook.aws.session import make_clients
+    from clusterbook.aws.validate import validate_cluster_spec
+    from clusterbook.settings import Settings
+
+    settings = Settings(state_dir=sys.argv[1], aws_endpoint_url=sys.argv[2], sandbox=True)
+    clients = make_clients(settings, region=sys.argv[3])
+    launches = []
+
+    def die_on_second_launch(**_):
+        launches.append(1)
+        if len(launches) == 2:  # the control plane is up, the workers are not
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    clients.ec2.meta.events.register("before-call.ec2.RunInstances", die_on_second_launch)
+    spec = validate_cluster_spec(cluster="demo", region=sys.argv[3], vpc_mode="dedicated",
+                                 worker_count=2)
+    provision_cluster(settings, spec, run_id="killed", clients=clients,
+                      options=WaitOptions(wait_for_ssh=False))
+    """
+)
+
+
+def test_teardown_after_a_provision_killed_midway(
+    aws_settings: Any, aws_clients: Any, aws_cli: Any
+) -> None:
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            KILL_MIDWAY,
+            str(aws_settings.state_dir),
+            aws_settings.aws_endpoint_url,
+            REGION,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == -9, done.stderr
+    left = tagged_with(aws_cli, "demo")
+    assert len([r for r in left if "InstanceId" in r and "VolumeId" not in r]) == 1
+    assert not aws_settings.cluster_dir("demo").joinpath("inventory.json").exists()
+
+    report = teardown_cluster(aws_clients, settings=aws_settings, cluster="demo", confirm="demo")
+
+    assert report.remaining == []
+    assert tagged_with(aws_cli, "demo") == []
