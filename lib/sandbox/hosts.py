@@ -192,22 +192,23 @@ def list_hosts(sandbox_dir: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.is_dir())
 
 
-def power_off_host(sandbox_dir: Path, instance_id: str) -> bool:
-    """Shut the machine down cleanly (SIGTERM makes nspawn power it off); kill it if stuck.
-
-    Returns True if a running machine was stopped.
-    """
-    pid = running_pid(sandbox_dir, instance_id)
-    if pid is None:
-        return False
-    stop_process(pid, timeout_s=POWER_OFF_TIMEOUT_S)
-    logger.info("host %s powered off", instance_id)
-    return True
+def power_off_hosts(sandbox_dir: Path, instance_ids: list[str]) -> list[str]:
+    """Shut machines down cleanly, all at once (SIGTERM makes nspawn power its machine off);
+    kill those still up after ``POWER_OFF_TIMEOUT_S``. Returns the ids that were running."""
+    running = {}
+    for instance_id in instance_ids:
+        pid = running_pid(sandbox_dir, instance_id)
+        if pid is not None:
+            running[instance_id] = pid
+    stop_processes(list(running.values()), timeout_s=POWER_OFF_TIMEOUT_S)
+    for instance_id in running:
+        logger.info("host %s powered off", instance_id)
+    return list(running)
 
 
 def destroy_host(sandbox_dir: Path, instance_id: str) -> None:
     """Power the host off and delete its disk layer and published keys."""
-    power_off_host(sandbox_dir, instance_id)
+    power_off_hosts(sandbox_dir, [instance_id])
     shutil.rmtree(host_dir(sandbox_dir, instance_id), ignore_errors=True)
     published_host_keys_path(sandbox_dir, instance_id).unlink(missing_ok=True)
     logger.info("host %s destroyed", instance_id)
@@ -236,23 +237,26 @@ def _names_folder(argument: str, folder: str) -> bool:
     return value == folder or value.startswith(folder + "/")
 
 
-def stop_process(pid: int, *, timeout_s: float) -> None:
-    """SIGTERM, wait up to ``timeout_s``, then SIGKILL."""
-    try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
+def stop_processes(pids: list[int], *, timeout_s: float) -> None:
+    """SIGTERM each, wait up to ``timeout_s`` for all, then SIGKILL those still alive."""
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if not _is_alive(pid):
-            return
+    alive = [pid for pid in pids if _is_alive(pid)]
+    while alive and time.monotonic() < deadline:
         time.sleep(0.05)
-    logger.warning("process %d did not stop within %.0f s; killing it", pid, timeout_s)
-    try:
-        os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        return
-    while _is_alive(pid):
+        alive = [pid for pid in alive if _is_alive(pid)]
+
+    for pid in alive:
+        logger.warning("process %d did not stop within %.0f s; killing it", pid, timeout_s)
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    while any(_is_alive(pid) for pid in alive):
         time.sleep(0.05)
 
 

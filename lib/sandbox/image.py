@@ -8,7 +8,8 @@ What the image holds, and why:
 
 - Debian 12 minbase with systemd as init, dbus, openssh-server, sudo, iproute2,
   ca-certificates, gnupg and curl: what the bootstrap runbook expects of an Ubuntu AMI.
-- A user ``ubuntu`` with passwordless sudo, as on Ubuntu's cloud images.
+- A user ``ubuntu`` with passwordless sudo who may read the journal, as on Ubuntu's cloud
+  images.
 - No sshd host keys and an empty machine id: each host gets its own at first boot.
 - sshd with ``MaxStartups`` raised (Fabric opens many sessions at once) and passwords off.
 - A boot unit that makes the cgroup controllers writable inside the machine, as kind's node
@@ -53,6 +54,8 @@ PACKAGES = (
 )
 DEFAULT_USER = "ubuntu"
 DEFAULT_UID = 1000
+#: As on Ubuntu's cloud images: sudo, and reading the system journal and logs.
+DEFAULT_USER_GROUPS = ("sudo", "adm", "systemd-journal")
 
 SSHD_CONFIG = """\
 # clusterbook sandbox host: many parallel sessions from Fabric, keys only.
@@ -132,6 +135,7 @@ def image_recipe() -> dict[str, object]:
         "variant": "minbase",
         "packages": list(PACKAGES),
         "user": DEFAULT_USER,
+        "groups": list(DEFAULT_USER_GROUPS),
         "sshd": SSHD_CONFIG,
         "cgroup_script": CGROUP_SCRIPT,
         "cgroup_unit": CGROUP_UNIT,
@@ -261,22 +265,9 @@ def _build_into(folder: Path, *, mirror: str) -> None:
 
 def customise_rootfs(rootfs: Path) -> None:
     """Turn a fresh debootstrap root into the hosts' common image (see the module doc)."""
-    _run(
-        [
-            "chroot",
-            str(rootfs),
-            "useradd",
-            "--create-home",
-            "--shell",
-            "/bin/bash",
-            "--uid",
-            str(DEFAULT_UID),
-            "--groups",
-            "sudo",
-            DEFAULT_USER,
-        ],
-        what="useradd",
-    )
+    useradd = ["useradd", "--create-home", "--shell", "/bin/bash", "--uid", str(DEFAULT_UID)]
+    groups = ",".join(DEFAULT_USER_GROUPS)
+    _run(["chroot", str(rootfs), *useradd, "--groups", groups, DEFAULT_USER], what="useradd")
     sudoers = rootfs / "etc/sudoers.d/90-cloud-user"
     sudoers.write_text(f"{DEFAULT_USER} ALL=(ALL) NOPASSWD:ALL\n")
     sudoers.chmod(0o440)

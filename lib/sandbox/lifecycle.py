@@ -171,7 +171,7 @@ def sandbox_down(settings: Settings) -> list[str]:
     state = _read_state(folder)
     pid = int(state.get("pid") or 0)
     if _daemon_alive(pid, folder):
-        hosts.stop_process(pid, timeout_s=STOP_TIMEOUT_S)
+        hosts.stop_processes([pid], timeout_s=STOP_TIMEOUT_S)
         removed.append(f"daemon (pid {pid})")
 
     removed.extend(sweep_sandbox(folder))
@@ -185,9 +185,9 @@ def sandbox_down(settings: Settings) -> list[str]:
 def sweep_sandbox(folder: Path) -> list[str]:
     """Remove every process, mount, host, namespace and link of ours that is left over."""
     removed = []
-    for pid in hosts.find_sandbox_processes(folder):
-        hosts.stop_process(pid, timeout_s=hosts.POWER_OFF_TIMEOUT_S)
-        removed.append(f"process {pid}")
+    leftovers = hosts.find_sandbox_processes(folder)
+    hosts.stop_processes(leftovers, timeout_s=hosts.POWER_OFF_TIMEOUT_S)
+    removed.extend(f"process {pid}" for pid in leftovers)
 
     for mount_point in _mounts_under(folder):
         subprocess.run(["umount", "--lazy", mount_point], check=False)
