@@ -305,7 +305,7 @@ class Engine:
 
         redactor = Redactor(values.secret_values())
         status, error = classify(execution, redactor)
-        outputs = read_outputs(execution.notebook)
+        outputs = redactor.value(read_outputs(execution.notebook))
         result = self._archive_and_seal(
             record, execution.notebook, redactor, status=status, error=error,
             outputs=outputs, duration=duration, work=work,

@@ -41,8 +41,9 @@ def sha256_hex(data: bytes) -> str:
 
 def redact_notebook(nb: Any, redactor: Redactor) -> Any:
     """A copy of the notebook with every string redacted and ANSI codes removed."""
-    data = json.loads(nbformat.writes(nb))
-    return nbformat.reads(json.dumps(_walk(data, redactor)), as_version=4)
+    # Walk the in-memory notebook, where every text is one string; its JSON form splits texts
+    # into lines, and a private key split over lines would escape the patterns.
+    return nbformat.from_dict(_walk(nb, redactor))
 
 
 def _walk(value: Any, redactor: Redactor) -> Any:

@@ -1,0 +1,148 @@
+"""The run archive: hash chain, audit verify, crash recovery and the S3 store."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from clusterbook.archive.audit import verify_archive
+from clusterbook.engine import Engine
+from fixtures.engine import FIXTURE_RUNBOOKS
+
+
+def test_records_form_a_chain(engine):
+    results = [engine.run("10_succeeds", {"value": str(i)}, requester="t", source="cli")
+               for i in range(3)]
+    sealed = engine.index.sealed_in_order()
+    assert [r.run_id for r in sealed] == [r.run_id for r in results]
+    assert sealed[0].prev_hash == "0" * 64
+    assert sealed[1].prev_hash == sealed[0].record_hash
+    assert sealed[2].prev_hash == sealed[1].record_hash
+    report = verify_archive(engine.index, engine.store)
+    assert report.ok and report.checked == 3
+
+
+def test_audit_finds_an_edited_notebook(engine):
+    first = engine.run("10_succeeds", {}, requester="t", source="cli")
+    engine.run("10_succeeds", {}, requester="t", source="cli")
+    path = Path(first.record.notebook_url)
+    path.write_text(path.read_text().replace('"double"', '"triple"'))
+
+    report = verify_archive(engine.index, engine.store)
+    assert [(f.run_id, f.what) for f in report.findings] == [(first.run_id, "notebook")]
+    assert str(path) in report.findings[0].detail
+
+
+def test_audit_finds_an_edited_record(engine):
+    engine.run("10_succeeds", {}, requester="t", source="cli")
+    second = engine.run("11_raises", {}, requester="t", source="cli")
+    engine.run("10_succeeds", {}, requester="t", source="cli")
+    db = sqlite3.connect(engine.settings.index_path)
+    db.execute("UPDATE runs SET status = 'succeeded', error_summary = NULL WHERE run_id = ?",
+               [second.run_id])
+    db.commit()
+
+    report = verify_archive(engine.index, engine.store)
+    assert [(f.run_id, f.what) for f in report.findings] == [(second.run_id, "record")]
+
+
+def test_audit_finds_a_removed_record(engine):
+    runs = [engine.run("10_succeeds", {}, requester="t", source="cli") for _ in range(3)]
+    db = sqlite3.connect(engine.settings.index_path)
+    db.execute("DELETE FROM runs WHERE run_id = ?", [runs[1].run_id])
+    db.commit()
+
+    report = verify_archive(engine.index, engine.store, check_files=False)
+    assert {(f.run_id, f.what) for f in report.findings} == {(runs[2].run_id, "chain")}
+
+
+def _cli_env(state: Path) -> dict[str, str]:
+    return {
+        **os.environ,
+        "CLUSTERBOOK_STATE_DIR": str(state),
+        "CLUSTERBOOK_RUNBOOKS_DIR": str(FIXTURE_RUNBOOKS),
+    }
+
+
+def test_killed_engine_leaves_an_interrupted_run_with_its_partial_notebook(tmp_path):
+    state = tmp_path / "state"
+    env = _cli_env(state)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "clusterbook.cli", "run", "12_sleeps", "-p", "seconds=120"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    index = state / "runs.sqlite3"
+    deadline = time.monotonic() + 60
+    work = None
+    while time.monotonic() < deadline:
+        if index.exists():
+            rows = sqlite3.connect(index).execute("SELECT status, work_path FROM runs").fetchall()
+            if rows and rows[0][0] == "running" and rows[0][1] and Path(rows[0][1]).exists():
+                work = Path(rows[0][1])
+                if '"started"' in work.read_text():
+                    break
+        time.sleep(0.2)
+    assert work is not None, "the run never started"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(10)
+
+    listed = subprocess.run(
+        [sys.executable, "-m", "clusterbook.cli", "runs", "--json"],
+        env=env, capture_output=True, text=True, check=True,
+    )
+    (run,) = json.loads(listed.stdout)
+    assert run["status"] == "interrupted"
+    assert "ended before the run did" in run["error_summary"]
+    archived = Path(run["notebook_url"]).read_text()
+    assert '"started"' in archived  # the cells that ran are in the archived partial notebook
+    assert not work.exists()
+    audit = subprocess.run(
+        [sys.executable, "-m", "clusterbook.cli", "audit", "verify"],
+        env=env, capture_output=True, text=True,
+    )
+    assert audit.returncode == 0, audit.stdout + audit.stderr
+
+
+def test_s3_archive_against_moto(engine_settings, moto_endpoint, monkeypatch):
+    import dataclasses
+
+    import boto3
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    s3 = boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1")
+    s3.create_bucket(Bucket="audit-trail")
+    settings = dataclasses.replace(
+        engine_settings, archive_url="s3://audit-trail/clusterbook", aws_endpoint_url=moto_endpoint,
+    )
+    engine = Engine(settings)
+
+    result = engine.run("10_succeeds", {"value": "5"}, requester="t", source="cli")
+    assert result.record.notebook_url.startswith("s3://audit-trail/clusterbook/runs/")
+    keys = sorted(o["Key"] for o in s3.list_objects_v2(Bucket="audit-trail")["Contents"])
+    assert keys == [f"clusterbook/runs/{result.run_id}/{name}"
+                    for name in ("notebook.html", "notebook.ipynb", "record.json")]
+    assert verify_archive(engine.index, engine.store).ok
+
+    key = f"clusterbook/runs/{result.run_id}/notebook.ipynb"
+    body = s3.get_object(Bucket="audit-trail", Key=key)["Body"].read()
+    s3.put_object(Bucket="audit-trail", Key=key, Body=body.replace(b"10", b"11"))
+    findings = verify_archive(engine.index, engine.store).findings
+    assert [(f.run_id, f.what) for f in findings] == [(result.run_id, "notebook")]
+
+
+def test_unknown_archive_scheme_is_refused(engine_settings):
+    import dataclasses
+
+    from clusterbook.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="unknown scheme"):
+        Engine(dataclasses.replace(engine_settings, archive_url="ftp://x/y"))

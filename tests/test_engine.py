@@ -1,0 +1,158 @@
+"""The engine with a real ipykernel: every way a run can end, progress, outputs, archive."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from clusterbook.engine import Engine
+from clusterbook.errors import LockHeldError
+
+
+def _archived(result) -> nbformat.NotebookNode:
+    return nbformat.read(result.record.notebook_url, as_version=4)
+
+
+def test_success_records_outputs_progress_and_archive(engine):
+    events = []
+    result = engine.run("10_succeeds", {"value": "21"}, requester="ada", source="cli",
+                        on_progress=events.append)
+
+    assert result.status == "succeeded" and result.error is None
+    assert result.outputs == {"double": 42, "label": "x"}
+    kinds = [e.kind for e in events]
+    assert kinds[0] == "started" and kinds[-1] == "finished"
+    described = [e.describe() for e in events if e.kind == "cell"]
+    assert "step 3/3 — Record" in described
+    record = result.record
+    assert record.requester == "ada" and record.status == "succeeded"
+    assert Path(record.notebook_url).is_file() and Path(record.html_url).is_file()
+    assert "<html" in Path(record.html_url).read_text().lower()
+    archived = _archived(result)
+    assert archived.metadata["clusterbook"]["run"]["status"] == "succeeded"
+    assert record.chain_seq == 1 and record.record_hash
+
+
+def test_raising_cell_fails_with_cell_error_and_clean_traceback(engine):
+    result = engine.run("11_raises", {"message": "disk full"}, requester="t", source="cli")
+
+    assert result.status == "failed"
+    assert result.error.ename == "ValueError" and result.error.evalue == "disk full"
+    assert result.error.step_title == "Fail"
+    assert "\x1b[" not in result.error.traceback and "ValueError" in result.error.traceback
+    assert result.outputs == {"before": True}
+    assert "ValueError in cell" in result.record.error_summary
+    assert _archived(result).metadata["papermill"]["exception"] is True
+
+
+def test_cell_time_out_is_timed_out_not_success(engine_settings):
+    import dataclasses
+
+    settings = dataclasses.replace(engine_settings, cell_timeout_s=2)
+    result = Engine(settings).run("12_sleeps", {"seconds": "30"}, requester="t", source="cli")
+
+    assert result.status == "timed-out"
+    assert result.error.ename == "CellTimeoutError" and result.error.step_title == "Sleep"
+    archived = _archived(result)
+    assert archived.metadata["papermill"]["exception"] is True
+    assert archived.cells[result.error.cell_index].metadata["papermill"]["status"] == "failed"
+    assert result.outputs == {"started": True}
+
+
+def test_run_time_limit_stops_the_run(engine_settings):
+    import dataclasses
+
+    settings = dataclasses.replace(engine_settings, run_timeout_s=3)
+    started = time.monotonic()
+    result = Engine(settings).run("12_sleeps", {"seconds": "60"}, requester="t", source="cli")
+
+    assert result.status == "timed-out"
+    assert time.monotonic() - started < 30
+    assert "time limit" in result.error.evalue
+
+
+@pytest.mark.parametrize("code, status", [(3, "failed"), (0, "succeeded")])
+def test_sys_exit(engine, code, status):
+    result = engine.run("13_exits", {"code": str(code)}, requester="t", source="cli")
+    assert result.status == status
+    if status == "failed":
+        assert result.error.ename == "SystemExit" and result.error.evalue == "3"
+    assert "after" not in result.outputs
+
+
+def test_kernel_that_dies_fails_the_run(engine):
+    result = engine.run("14_kills_kernel", {}, requester="t", source="cli")
+    assert result.status == "failed"
+    assert result.error.ename == "DeadKernelError"
+    assert result.error.step_title == "Die"
+
+
+def test_cancel_stops_a_running_run(engine):
+    record = engine.prepare("12_sleeps", {"seconds": "60"}, requester="t", source="cli")
+    outcome = {}
+    worker = threading.Thread(target=lambda: outcome.update(r=engine.execute(record.run_id)))
+    worker.start()
+    deadline = time.monotonic() + 30
+    while engine.index.get(record.run_id).status != "running" or not engine._active:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    time.sleep(1.5)
+
+    assert engine.cancel(record.run_id)
+    worker.join(30)
+    assert outcome["r"].status == "cancelled"
+    assert engine.index.get(record.run_id).status == "cancelled"
+
+
+def test_cancel_a_queued_run_seals_it(engine):
+    record = engine.prepare("10_succeeds", {}, requester="t", source="cli")
+    assert engine.cancel(record.run_id)
+    sealed = engine.index.get(record.run_id)
+    assert sealed.status == "cancelled" and sealed.notebook_url and sealed.record_hash
+
+
+def test_second_changing_run_on_a_cluster_is_refused_and_recorded(engine):
+    holder = engine.prepare("16_changes_cluster", {"cluster": "alpha", "seconds": "8"},
+                            requester="ada", source="cli")
+    worker = threading.Thread(target=engine.execute, args=(holder.run_id,))
+    worker.start()
+    deadline = time.monotonic() + 30
+    while engine.index.get(holder.run_id).status != "running":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    time.sleep(0.5)
+
+    with pytest.raises(LockHeldError) as caught:
+        engine.run("16_changes_cluster", {"cluster": "alpha"}, requester="bob", source="cli")
+    assert holder.run_id in str(caught.value) and "ada" in str(caught.value)
+    other = engine.run("16_changes_cluster", {"cluster": "beta"}, requester="bob", source="cli")
+    assert other.status == "succeeded"
+    worker.join(60)
+
+    refused = engine.index.list(status="failed")
+    assert len(refused) == 1 and "locked" in refused[0].error_summary
+    again = engine.run("16_changes_cluster", {"cluster": "alpha"}, requester="bob", source="cli")
+    assert again.status == "succeeded"
+
+
+def test_record_helper_refuses_non_json(engine_settings, tmp_path):
+    from clusterbook.errors import UserInputError
+    from clusterbook.notebook import record
+
+    with pytest.raises(UserInputError, match="not JSON-able"):
+        record("thing", object())
+    with pytest.raises(UserInputError, match="letters, digits"):
+        record("bad name!", 1)
+
+
+def test_context_file_holds_no_secret(engine, monkeypatch):
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY")
+    result = engine.run("10_succeeds", {}, requester="t", source="cli")
+    text = Path(result.record.notebook_url).read_text()
+    assert "wJalrXUtnFEMI" not in text
+    assert json.loads(Path(result.record.record_url).read_text())["run_id"] == result.run_id
