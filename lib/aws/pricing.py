@@ -35,10 +35,17 @@ class CostPreview:
 
     def as_rows(self) -> list[dict[str, Any]]:
         """A table for ``record``: one row per cost item and a total."""
-        each = "unknown" if self.hourly_per_node is None else f"${self.hourly_per_node:.4f}"
+        if self.hourly_per_node is None:
+            nodes = {"item": f"{self.node_count} x {self.instance_type}", "per hour": "unknown"}
+        else:
+            nodes = {
+                "item": f"{self.node_count} x {self.instance_type} "
+                f"(${self.hourly_per_node:.4f} each)",
+                "per hour": f"${self.node_count * self.hourly_per_node:.4f}",
+            }
         total = "unknown" if self.hourly_total is None else f"${self.hourly_total:.4f}"
         return [
-            {"item": f"{self.node_count} x {self.instance_type}", "per hour": each},
+            nodes,
             {"item": "gp3 root volumes", "per hour": f"${self.volume_hourly:.4f}"},
             {"item": "total", "per hour": total},
             {"item": f"prices of {self.price_date}", "per hour": self.note},

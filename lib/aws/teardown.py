@@ -25,11 +25,11 @@ from botocore.exceptions import ClientError
 
 from clusterbook.aws.errors import translate_aws_errors, translate_client_error
 from clusterbook.aws.instances import describe_instances
-from clusterbook.aws.inventory import remove_inventory
+from clusterbook.aws.inventory import inventory_path, read_inventory, remove_inventory
 from clusterbook.aws.keys import remove_local_key
 from clusterbook.aws.session import AwsClients
 from clusterbook.aws.tags import TAG_CLUSTER, cluster_filter
-from clusterbook.aws.validate import validate_cluster_name
+from clusterbook.aws.validate import validate_cluster_name, validate_region
 from clusterbook.errors import AwsError, UserInputError
 from clusterbook.settings import Settings
 
@@ -67,6 +67,26 @@ def check_confirmation(cluster: str, confirm: str) -> None:
         raise UserInputError(
             f"teardown of {cluster!r} not confirmed",
             hint=f"pass confirm={cluster} to delete every resource tagged with this cluster",
+        )
+
+
+def teardown_region(settings: Settings, cluster: str, region: str = "") -> str:
+    """The region to tear down in: as given, else the inventory's, else the settings'."""
+    if region:
+        return validate_region(region)
+    try:
+        return read_inventory(settings, cluster).region
+    except UserInputError:
+        return settings.aws_region
+
+
+def check_nothing_left(report: TeardownReport) -> None:
+    """Fail loudly if anything still carries the cluster tag."""
+    if report.remaining:
+        listed = ", ".join(f"{r['type']} {r['id']}" for r in report.remaining)
+        raise AwsError(
+            f"still tagged with cluster {report.cluster} after teardown: {listed}",
+            hint="run the teardown again; if it stays, delete these by hand in the console",
         )
 
 
@@ -148,7 +168,7 @@ def teardown_cluster(
     )
 
     if remove_inventory(settings, cluster):
-        report.note("inventory-file", str(settings.cluster_dir(cluster)))
+        report.note("inventory-file", str(inventory_path(settings, cluster)))
     _remove_empty_dir(settings, cluster)
 
     report.remaining, report.terminated_instances = list_tagged_resources(ec2, cluster)
