@@ -6,21 +6,11 @@ import json
 import logging
 import os
 from dataclasses import asdict
-from pathlib import Path
 
 import click
 from clusterbook.settings import Settings
 
 logger = logging.getLogger(__name__)
-
-
-def cache_dir_from_environment() -> Path:
-    """Where heavy set-up results live (same rule as scripts/setup.sh)."""
-    explicit = os.environ.get("CLUSTERBOOK_CACHE")
-    if explicit:
-        return Path(explicit).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "clusterbook"
 
 
 @click.group("sandbox")
@@ -40,9 +30,11 @@ def sandbox_group() -> None:
 @click.pass_obj
 def up_cmd(settings: Settings, cidr: str | None) -> None:
     """Start moto, the sandbox network and the host reconciler (idempotent)."""
+    from clusterbook.sandbox.image import default_cache_dir
     from clusterbook.sandbox.lifecycle import sandbox_up
 
-    status = sandbox_up(settings, cache_dir=cache_dir_from_environment(), cidr=cidr)
+    cache_dir = default_cache_dir(os.environ)
+    status = sandbox_up(settings, cache_dir=cache_dir, cidr=cidr)
     click.echo(f"sandbox running (pid {status.pid})")
     click.echo(f"  EC2 endpoint  {status.endpoint_url}  region {status.region}")
     click.echo(f"  VPC range     {status.cidr}  (this machine reaches it as {status.gateway})")

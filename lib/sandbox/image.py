@@ -31,6 +31,7 @@ import re
 import shutil
 import subprocess
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -126,6 +127,15 @@ class BaseImage:
 
     rootfs: Path
     recipe_hash: str
+
+
+def default_cache_dir(environ: Mapping[str, str]) -> Path:
+    """Where heavy set-up results live, by the same rule as scripts/setup.sh."""
+    explicit = environ.get("CLUSTERBOOK_CACHE")
+    if explicit:
+        return Path(explicit).expanduser()
+    base = environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "clusterbook"
 
 
 def image_recipe() -> dict[str, object]:
