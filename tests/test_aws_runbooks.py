@@ -76,7 +76,8 @@ def test_private_key_never_reaches_outputs_or_the_archive(engine: Any, aws_setti
     secret_lines = [line for line in key_text.splitlines() if "PRIVATE KEY" not in line]
 
     archived = Path(result.notebook_path).read_text()
-    html = Path(result.html_path).read_text() if result.html_path else ""
+    assert result.html_path
+    html = Path(result.html_path).read_text()
     outputs = repr(result.outputs)
     for text in (archived, html, outputs):
         assert "PRIVATE KEY-----" not in text

@@ -99,17 +99,22 @@ def build_inventory(
     )
 
 
-def provision_cluster(
-    settings: Settings,
-    spec: ClusterSpec,
-    *,
-    run_id: str,
-    options: WaitOptions | None = None,
-    clients: AwsClients | None = None,
-) -> Inventory:
-    """Every provisioning step in order; safe to run again (it finds what exists)."""
-    options = options or WaitOptions()
-    aws = clients or make_clients(settings, region=spec.region)
+@dataclass(frozen=True)
+class LaunchedCluster:
+    """What the create steps made or found, before waiting for the nodes."""
+
+    image: ImageChoice
+    network: NetworkInfo
+    security_group_id: str
+    key: KeyInfo
+    instance_ids: list[str]
+
+
+def launch_cluster(
+    settings: Settings, spec: ClusterSpec, *, run_id: str, clients: AwsClients
+) -> LaunchedCluster:
+    """Image, network, security group, key pair, instances: each found, else created."""
+    aws = clients
     tags = cluster_tags(spec, run_id=run_id)
 
     image = resolve_image(aws.ec2, aws.ssm, os_image=spec.os_image, ami_id=spec.ami_id)
@@ -139,16 +144,32 @@ def provision_cluster(
         tags=tags,
         run_id=run_id,
     )
-    instances = wait_for_nodes(aws.ec2, instance_ids, settings=settings, options=options)
+    return LaunchedCluster(image, network, group_id, key, instance_ids)
+
+
+def provision_cluster(
+    settings: Settings,
+    spec: ClusterSpec,
+    *,
+    run_id: str,
+    options: WaitOptions | None = None,
+    clients: AwsClients | None = None,
+) -> Inventory:
+    """Every provisioning step in order; safe to run again (it finds what exists)."""
+    options = options or WaitOptions()
+    aws = clients or make_clients(settings, region=spec.region)
+
+    launched = launch_cluster(settings, spec, run_id=run_id, clients=aws)
+    instances = wait_for_nodes(aws.ec2, launched.instance_ids, settings=settings, options=options)
 
     inventory = build_inventory(
         spec=spec,
         settings=settings,
         instances=instances,
-        image=image,
-        network=network,
-        security_group_id=group_id,
-        key=key,
+        image=launched.image,
+        network=launched.network,
+        security_group_id=launched.security_group_id,
+        key=launched.key,
     )
     write_inventory(settings, inventory)
     return inventory
