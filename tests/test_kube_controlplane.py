@@ -1,0 +1,94 @@
+"""The control plane's life cycle and the official Python client against it."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from clusterbook.errors import KubeError
+from clusterbook.kube.controlplane import ControlPlane
+from clusterbook.kube.processes import is_port_open
+from clusterbook.kube.toolchain import BINARY_NAMES, KubeBinaries
+from kubernetes import client as kube_client
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    """Pids of live processes whose command line contains ``text``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if text in cmdline:
+            found.append(int(entry.name))
+    return found
+
+
+def test_python_client_talks_to_the_control_plane(control_plane: ControlPlane) -> None:
+    with control_plane.api_client() as api:
+        version = kube_client.VersionApi(api).get_code()
+        assert version.git_version == control_plane.binaries.versions.kubernetes
+
+        core = kube_client.CoreV1Api(api)
+        workers = core.list_node(label_selector="node-role.kubernetes.io/worker")
+        assert len(workers.items) == 3
+
+        core.create_namespace({"metadata": {"name": "python-client"}})
+        try:
+            core.create_namespaced_config_map(
+                "python-client", {"metadata": {"name": "greeting"}, "data": {"hello": "world"}}
+            )
+            read = core.read_namespaced_config_map("greeting", "python-client")
+            assert read.data == {"hello": "world"}
+        finally:
+            core.delete_namespace("python-client")
+
+
+def test_stop_leaves_no_process_port_or_folder(kube_binaries: KubeBinaries, tmp_path: Path) -> None:
+    plane = ControlPlane(kube_binaries, workers=1, parent_dir=tmp_path)
+    plane.start()
+    try:
+        pids = [process.pid for process in plane.processes]
+        port = int(plane.server.rsplit(":", 1)[1])
+        work_dir = plane.work_dir
+        assert len(pids) == 5 and all(pids)
+        assert is_port_open(port)
+    finally:
+        plane.stop()
+
+    assert work_dir is not None and not work_dir.exists()
+    assert not is_port_open(port)
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    assert _processes_mentioning(str(tmp_path)) == []
+
+
+def test_failed_start_cleans_up_and_shows_the_log(
+    kube_binaries: KubeBinaries, tmp_path: Path
+) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name in BINARY_NAMES:
+        (bin_dir / name).symlink_to(kube_binaries.path(name))
+    (bin_dir / "kube-apiserver").unlink()
+    broken = bin_dir / "kube-apiserver"
+    broken.write_text("#!/bin/sh\necho 'refusing to serve on purpose' >&2\nexit 7\n")
+    broken.chmod(0o755)
+    work_parent = tmp_path / "work"
+    work_parent.mkdir()
+
+    plane = ControlPlane(
+        KubeBinaries(versions=kube_binaries.versions, bin_dir=bin_dir), parent_dir=work_parent
+    )
+    with pytest.raises(KubeError) as caught:
+        plane.start()
+
+    assert "kube-apiserver exited with status 7" in str(caught.value)
+    assert "refusing to serve on purpose" in str(caught.value)
+    assert list(work_parent.iterdir()) == []
+    assert _processes_mentioning(str(work_parent)) == []
