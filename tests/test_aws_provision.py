@@ -268,3 +268,22 @@ def test_ssh_wait_times_out_naming_the_instance(aws_settings: Any) -> None:
     assert "i-" in str(caught.value) and "SSH port 22" in str(caught.value)
     # The inventory is written only once the nodes are reachable.
     assert not Path(aws_settings.cluster_dir("demo") / "inventory.json").exists()
+
+
+def test_default_vpc_without_default_subnets_still_serves(
+    aws_settings: Any, aws_clients: Any, fast_waits: WaitOptions
+) -> None:
+    """As in the sandbox: the default VPC's subnets replaced by one in another range."""
+    ec2 = aws_clients.ec2
+    vpc = ec2.describe_vpcs(Filters=[{"Name": "isDefault", "Values": ["true"]}])["Vpcs"][0]
+    ec2.associate_vpc_cidr_block(VpcId=vpc["VpcId"], CidrBlock="10.77.0.0/16")
+    for subnet in ec2.describe_subnets(Filters=[{"Name": "vpc-id", "Values": [vpc["VpcId"]]}])[
+        "Subnets"
+    ]:
+        ec2.delete_subnet(SubnetId=subnet["SubnetId"])
+    ec2.create_subnet(VpcId=vpc["VpcId"], CidrBlock="10.77.0.0/24")
+
+    inventory = provision_cluster(aws_settings, make_spec(), run_id="r", options=fast_waits)
+
+    assert inventory.vpc_id == vpc["VpcId"] and not inventory.dedicated_vpc
+    assert all(n.private_ip.startswith("10.77.0.") for n in inventory.nodes)

@@ -2,7 +2,7 @@
 
 VPC modes:
 - ``default``: the region's default VPC and its default subnet in the first zone (sorted by
-  name). Nothing is created; nothing of it is ever deleted. If the region has no default
+  name), or its first subnet if it has no default ones. Nothing is created; nothing of it is ever deleted. If the region has no default
   VPC, the dedicated mode is used instead (logged).
 - ``dedicated``: a VPC, one public subnet, an internet gateway and a route table, all tagged
   with the cluster, found again by those tags on a second run.
@@ -54,21 +54,26 @@ def ensure_network(ec2: Any, *, cluster: str, vpc_mode: str, tags: dict[str, str
 
 
 def find_default_network(ec2: Any) -> NetworkInfo | None:
+    """The default VPC and one of its subnets: a zone's default subnet if there is one.
+
+    A default VPC whose default subnets were replaced (the sandbox does this to put nodes
+    into its own address range) still serves: then its first subnet by zone is used.
+    """
     with translate_aws_errors("find the default VPC"):
         vpcs = ec2.describe_vpcs(Filters=[{"Name": "isDefault", "Values": ["true"]}])["Vpcs"]
         if not vpcs:
             return None
         vpc = vpcs[0]
-        subnets = ec2.describe_subnets(
-            Filters=[
-                {"Name": "vpc-id", "Values": [vpc["VpcId"]]},
-                {"Name": "default-for-az", "Values": ["true"]},
-            ]
-        )["Subnets"]
+        subnets = ec2.describe_subnets(Filters=[{"Name": "vpc-id", "Values": [vpc["VpcId"]]}])[
+            "Subnets"
+        ]
     if not subnets:
         return None
 
-    subnet = min(subnets, key=lambda s: s["AvailabilityZone"])
+    subnet = min(
+        subnets,
+        key=lambda s: (not s.get("DefaultForAz", False), s["AvailabilityZone"], s["CidrBlock"]),
+    )
     logger.info(
         "default VPC %s, subnet %s (%s)",
         vpc["VpcId"],
