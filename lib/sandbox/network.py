@@ -21,6 +21,7 @@ Every function here is idempotent and safe to call on a half-built or crashed ne
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import json
 import logging
@@ -157,6 +158,12 @@ def host_port(instance_id: str) -> str:
     return "v" + instance_id.removeprefix("i-")[-13:]
 
 
+def host_mac(instance_id: str) -> str:
+    """A locally administered MAC address derived from the instance id."""
+    digest = hashlib.sha256(instance_id.encode()).digest()
+    return ":".join(f"{b:02x}" for b in (0x02, *digest[:5]))
+
+
 def attach_host(*, instance_id: str, address: str, cidr: str) -> Path:
     """Give a host its own namespace with ``eth0`` at ``address`` on the VPC bridge.
 
@@ -176,6 +183,9 @@ def attach_host(*, instance_id: str, address: str, cidr: str) -> Path:
     )
     ip_command("link", "set", port, "master", BRIDGE, "up", netns=VPC_NETNS)
 
+    # A stable MAC per instance (as an ENI keeps its MAC over stop and start), so no
+    # neighbour cache in the VPC points at a veth that is gone.
+    ip_command("link", "set", "eth0", "address", host_mac(instance_id), netns=netns)
     prefix = ipaddress.ip_network(cidr).prefixlen
     ip_command("addr", "add", f"{address}/{prefix}", "dev", "eth0", netns=netns)
     ip_command("link", "set", "eth0", "up", netns=netns)

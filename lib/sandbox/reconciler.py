@@ -179,8 +179,10 @@ class Reconciler:
         hosts.boot_host(spec, image=self.image, sandbox_dir=self.sandbox_dir, netns_path=netns_path)
 
     def _destroy(self, instance_id: str) -> None:
-        hosts.destroy_host(self.sandbox_dir, instance_id)
+        # Machine first, then its network, then its folder: the folder is what `status` shows.
+        hosts.power_off_hosts(self.sandbox_dir, [instance_id])
         network.detach_host(instance_id)
+        hosts.destroy_host(self.sandbox_dir, instance_id)
 
     def _refusal(self, instance_id: str, address: str, seen: dict[str, str]) -> str | None:
         if not address:
