@@ -207,12 +207,26 @@ def stop_moto_server(pid: int, *, timeout_s: float = 10.0) -> None:
 
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
+        if _reap(pid):
             return
         time.sleep(0.05)
     os.kill(pid, signal.SIGKILL)
+    _reap(pid)
+
+
+def _reap(pid: int) -> bool:
+    """True once ``pid`` is gone; collects its exit status if it is our own child."""
+    try:
+        done, _status = os.waitpid(pid, os.WNOHANG)
+        if done == pid:
+            return True
+    except ChildProcessError:
+        pass  # started by another process: it reaps it
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
 
 
 def reset_moto_server(endpoint_url: str) -> None:
