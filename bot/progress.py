@@ -100,6 +100,7 @@ class ChannelWriter:
             finally:
                 with self._cond:
                     self._inflight.discard(key)
+                    self._hold(item.channel)
                     self._cond.notify_all()
 
     def _next_due(self) -> tuple[_Pending | None, float]:
@@ -138,7 +139,16 @@ class ChannelWriter:
                 logger.info("Slack rate limit on %s; retrying in %.0f s", channel, retry_after)
                 with self._cond:
                     self._next_allowed[channel] = time.monotonic() + retry_after
+            finally:
+                with self._cond:
+                    self._hold(channel)
         raise AssertionError("unreachable")
+
+    def _hold(self, channel: str) -> None:
+        """The next write waits a full interval after this one *completed* (lock held):
+        counting from the start would let network jitter bring two writes closer."""
+        ready = time.monotonic() + self.interval_s
+        self._next_allowed[channel] = max(self._next_allowed.get(channel, 0.0), ready)
 
     def _wait_turn(self, channel: str) -> None:
         with self._cond:
