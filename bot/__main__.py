@@ -47,7 +47,7 @@ def main(ctx: click.Context, verbose: bool) -> None:
 @main.command()
 @click.option("--bind", default="127.0.0.1:3000", show_default=True,
               help="Address gunicorn listens on (0.0.0.0:3000 in a container).")
-@click.option("--threads", default=8, show_default=True, type=click.IntRange(1, 64),
+@click.option("--threads", default=16, show_default=True, type=click.IntRange(1, 64),
               help="Request threads of the single worker process.")
 @click.pass_obj
 def http(verbose: bool, bind: str, threads: int) -> None:

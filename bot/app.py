@@ -32,6 +32,7 @@ from clusterbook_bot.progress import ChannelWriter
 from clusterbook_bot.runner import RunDispatcher
 from slack_bolt import App, BoltRequest, BoltResponse
 from slack_bolt.authorization import AuthorizeResult
+from slack_bolt.middleware import Middleware
 from slack_sdk import WebClient
 
 logger = logging.getLogger(__name__)
@@ -216,17 +217,23 @@ def build_authorize(client: WebClient, token: str) -> Callable[..., AuthorizeRes
     return authorize
 
 
-class ReplayGuard:
-    """Bolt middleware: a request signature is accepted once (after Bolt verified it)."""
+class ReplayGuard(Middleware):
+    """Bolt middleware: a request signature is accepted once (after Bolt verified it).
+
+    A ``Middleware`` subclass rather than a function: Bolt calls it directly, without
+    inspecting its arguments on every request.
+    """
 
     def __init__(self, *, window_s: float = REPLAY_WINDOW_S) -> None:
         self.window_s = window_s
         self._seen: dict[str, float] = {}
         self._lock = threading.Lock()
 
-    def __call__(self, req: BoltRequest, resp: BoltResponse, next_: Callable[[], Any]) -> Any:
+    def process(
+        self, *, req: BoltRequest, resp: BoltResponse, next: Callable[[], BoltResponse]
+    ) -> BoltResponse | None:
         if req.mode != "http":
-            return next_()
+            return next()
         signature = (req.headers.get("x-slack-signature") or [""])[0]
         now = time.monotonic()
         with self._lock:
@@ -236,5 +243,5 @@ class ReplayGuard:
                 logger.warning("refused a replayed request (signature seen before)")
                 return BoltResponse(status=401, body="replayed request")
             self._seen[signature] = now
-        return next_()
+        return next()
 
