@@ -190,7 +190,11 @@ class Handlers:
 
     def _down(self, cluster: str, *, user: str, channel: str) -> Reply:
         runbook = self._teardown()
-        values = runbook.parse({runbook.cluster_param or "cluster": cluster}).values
+        params = {runbook.cluster_param or "cluster": cluster}
+        if "confirm" in runbook.parameters:
+            # The teardown runbook asks for the name typed twice; the confirm button is that.
+            params["confirm"] = cluster
+        values = runbook.parse(params).values
         request = RunRequest(f"down {cluster}", [Stage(runbook.name, values)], user, channel)
         pending = self.pending.add(request, what=f"tear down cluster {cluster}",
                                    runbook=runbook.name)
