@@ -287,3 +287,26 @@ def test_default_vpc_without_default_subnets_still_serves(
 
     assert inventory.vpc_id == vpc["VpcId"] and not inventory.dedicated_vpc
     assert all(n.private_ip.startswith("10.77.0.") for n in inventory.nodes)
+
+
+def test_private_key_never_travels_to_aws(
+    aws_settings: Any, aws_clients: Any, fast_waits: WaitOptions
+) -> None:
+    sent: list[bytes] = []
+    received: list[bytes] = []
+    events = aws_clients.ec2.meta.events
+    events.register("before-send.ec2.*", lambda request, **_: sent.append(request.body or b""))
+    events.register(
+        "needs-retry.ec2.*",
+        lambda response, **_: received.append(response[0].content if response else b""),
+    )
+
+    provision_cluster(
+        aws_settings, make_spec(), run_id="r", options=fast_waits, clients=aws_clients
+    )
+
+    key_lines = (aws_settings.cluster_dir("demo") / "id_ed25519").read_text().splitlines()[1:-1]
+    wire = b"\n".join(b if isinstance(b, bytes) else b.encode() for b in sent + received)
+    assert received and b"ImportKeyPair" in wire  # the public half went out
+    assert b"PRIVATE KEY" not in wire
+    assert not any(line.encode() in wire for line in key_lines)

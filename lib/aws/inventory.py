@@ -26,7 +26,6 @@ import json
 import logging
 import os
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -139,7 +138,6 @@ def write_inventory(settings: Settings, inventory: Inventory) -> Path:
     path = inventory_path(settings, inventory.cluster)
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     data = asdict(inventory)
-    data["updated_at"] = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     temporary = path.with_name(path.name + ".tmp")
     temporary.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
     os.replace(temporary, path)

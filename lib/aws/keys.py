@@ -1,9 +1,10 @@
 """The cluster's SSH key pair.
 
-Either AWS creates a new ED25519 key pair (the private key comes back once and is written,
-mode 0600, into the cluster's state folder), or the user's own OpenSSH public key is
-imported (the private key never leaves their machine). The private key is never logged,
-printed or recorded: only its path is passed on.
+Either a new ED25519 key is made here and its public half imported as the key pair (the
+private half is written, mode 0600, into the cluster's state folder), or the user's own
+OpenSSH public key is imported. Either way only a public key travels to AWS: the private key
+is never in a request or a response that wire-level (DEBUG) logging could show, and it is
+never logged, printed or recorded. Only its path is passed on.
 
 A second run finds the key pair again by the cluster tag and reuses it.
 """
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from clusterbook.aws.errors import translate_aws_errors
 from clusterbook.aws.tags import cluster_filter, tag_specifications
@@ -99,23 +101,23 @@ def import_key_pair(ec2: Any, *, cluster: str, public_key: str, tags: dict[str, 
 
 
 def create_key_pair(ec2: Any, *, cluster: str, key_path: Path, tags: dict[str, str]) -> KeyInfo:
-    name = key_pair_name(cluster)
-    with translate_aws_errors(f"create key pair {name}"):
-        pair = ec2.create_key_pair(
-            KeyName=name,
-            KeyType="ed25519",
-            TagSpecifications=tag_specifications("key-pair", tags),
-        )
+    """A new ED25519 key: private half to ``key_path`` (0600), public half imported."""
+    private_key = Ed25519PrivateKey.generate()
+    material = private_key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.OpenSSH,
+        serialization.NoEncryption(),
+    ).decode()
+    public_key = public_key_of(material) + f" clusterbook-{cluster}"
 
-    material = pair.pop("KeyMaterial")
     write_private_key(key_path, material)
-    public_key = public_key_of(material)
     key_path.with_suffix(".pub").write_text(public_key + "\n")
-    logger.info("created key pair %s; private key at %s (mode 0600)", name, key_path)
+    info = import_key_pair(ec2, cluster=cluster, public_key=public_key, tags=tags)
+    logger.info("new ED25519 key; private key at %s (mode 0600)", key_path)
     return KeyInfo(
-        name=name,
-        key_pair_id=pair.get("KeyPairId", ""),
-        fingerprint=pair.get("KeyFingerprint", ""),
+        name=info.name,
+        key_pair_id=info.key_pair_id,
+        fingerprint=info.fingerprint,
         private_key_path=str(key_path),
         public_key=public_key,
         imported=False,

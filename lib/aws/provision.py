@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from clusterbook.aws.images import ImageChoice, resolve_image
@@ -81,6 +82,7 @@ def build_inventory(
     key: KeyInfo,
 ) -> Inventory:
     return Inventory(
+        updated_at=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         cluster=spec.cluster,
         region=spec.region,
         vpc_id=network.vpc_id,
