@@ -62,3 +62,17 @@ def test_open_all_traffic_allows_an_admin_cidr_of_anywhere() -> None:
     spec = validate_cluster_spec(**GOOD, admin_cidr="0.0.0.0/0", open_all_traffic=True)
 
     assert spec.admin_cidr == "0.0.0.0/0"
+
+
+def test_unreachable_ssh_is_refused_before_any_call() -> None:
+    from clusterbook.aws.validate import check_ssh_reach
+
+    closed = validate_cluster_spec(**GOOD)
+    with pytest.raises(UserInputError) as caught:
+        check_ssh_reach(closed, ssh_address="public", wait_for_ssh=True)
+    assert "admin_cidr" in str(caught.value)
+
+    check_ssh_reach(closed, ssh_address="private", wait_for_ssh=True)
+    check_ssh_reach(closed, ssh_address="public", wait_for_ssh=False)
+    opened = validate_cluster_spec(**GOOD, admin_cidr="203.0.113.7/32")
+    check_ssh_reach(opened, ssh_address="public", wait_for_ssh=True)

@@ -11,6 +11,10 @@ tables -> internet gateways -> subnets -> VPCs -> the inventory file.
 
 Terminated instances keep their tags in AWS for about an hour; the final listing reports
 them as terminated, not as remaining.
+
+Known shortcoming: the TTL is a tag only (``clusterbook:expires-at``). Nothing removes an
+expired cluster by itself yet; a scheduled job that runs this teardown for clusters past
+their expiry would.
 """
 
 from __future__ import annotations

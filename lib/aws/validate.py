@@ -191,3 +191,20 @@ def validate_cluster_spec(
         open_all_traffic=bool(open_all_traffic),
         owner=owner,
     )
+
+
+def check_ssh_reach(spec: ClusterSpec, *, ssh_address: str, wait_for_ssh: bool) -> None:
+    """Refuse a request whose nodes this machine could never reach over SSH.
+
+    With public addresses and no admin CIDR, the security group opens SSH to the VPC only,
+    so waiting for the SSH port from outside would run into its time limit.
+    """
+    if ssh_address != "public" or spec.admin_cidr or spec.open_all_traffic:
+        return
+    if wait_for_ssh:
+        raise UserInputError(
+            "the nodes' SSH port would be closed to this machine: admin_cidr is empty, so "
+            "only addresses inside the VPC may reach it, but SSH goes to public addresses",
+            hint="set admin_cidr to your public address (like 203.0.113.7/32), or set the "
+            "ssh_address setting to private or bastion when running from inside the VPC",
+        )
