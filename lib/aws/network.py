@@ -2,8 +2,9 @@
 
 VPC modes:
 - ``default``: the region's default VPC and its default subnet in the first zone (sorted by
-  name), or its first subnet if it has no default ones. Nothing is created; nothing of it is ever deleted. If the region has no default
-  VPC, the dedicated mode is used instead (logged).
+  name), or its first subnet if it has no default ones. Nothing is created; nothing of it
+  is ever deleted. If the region has no default VPC, the dedicated mode is used instead
+  (logged).
 - ``dedicated``: a VPC, one public subnet, an internet gateway and a route table, all tagged
   with the cluster, found again by those tags on a second run.
 
