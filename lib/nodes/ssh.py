@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import shlex
+import time
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ from invoke.exceptions import CommandTimedOut
 logger = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT_S = 15.0
+CONNECT_ATTEMPTS = 3
 COMMAND_TIMEOUT_S = 600.0
 STDERR_TAIL_LINES = 15
 MAX_PARALLEL = 32
@@ -118,6 +120,7 @@ class NodeConnection:
         wire = f"sudo -n -- sh -c {shlex.quote(command)}" if sudo else command
         logger.debug("%s$ %s", self.node.name, command)
         try:
+            self._open()
             result = self.connection.run(
                 wire, hide=True, warn=True, in_stream=False, timeout=timeout_s
             )
@@ -154,6 +157,26 @@ class NodeConnection:
 
     def close(self) -> None:
         self.connection.close()
+
+    def _open(self) -> None:
+        """Connect, retrying a few times: a freshly booted or busy host may drop a handshake.
+
+        A host key mismatch is never retried.
+        """
+        for attempt in range(1, CONNECT_ATTEMPTS + 1):
+            if self.connection.is_connected:
+                return
+            try:
+                self.connection.open()
+                return
+            except paramiko.BadHostKeyException:
+                raise
+            except (paramiko.SSHException, OSError, EOFError) as exc:
+                if attempt == CONNECT_ATTEMPTS:
+                    raise
+                logger.debug("%s: connect attempt %d failed (%s)", self.node.name, attempt, exc)
+                self.connection.close()
+                time.sleep(attempt)
 
     def __enter__(self) -> Self:
         return self

@@ -33,6 +33,10 @@ logger = logging.getLogger(__name__)
 
 START_TIMEOUT_S = 90.0
 STOP_TIMEOUT_S = 60.0
+KERNEL_LIMITS = {
+    "fs/inotify/max_user_instances": 8192,
+    "fs/inotify/max_user_watches": 524288,
+}
 CONFIG_MARKER = "# Written by `clusterbook sandbox up`; removed by `clusterbook sandbox down`."
 
 
@@ -95,6 +99,7 @@ def sandbox_up(settings: Settings, *, cache_dir: Path, cidr: str | None = None) 
         logger.info("sandbox already running (pid %s)", current.pid)
         return current
 
+    raise_kernel_limits()
     removed = sweep_sandbox(folder)
     if removed:
         logger.info("cleaned up after a previous sandbox: %s", ", ".join(removed))
@@ -129,6 +134,24 @@ def sandbox_up(settings: Settings, *, cache_dir: Path, cidr: str | None = None) 
     status = _wait_for_daemon(folder)
     status.config_file = write_settings_file(settings, status)
     return status
+
+
+def raise_kernel_limits() -> None:
+    """Raise the inotify limits that many machines need (never lowers a setting).
+
+    Every machine's systemd, journald, logind and dbus each take inotify instances from the
+    same per-user budget (root's, here); at the default of 128, the 20th or so machine's
+    systemd fails with "Too many open files". kind asks for the same change.
+    """
+    for key, wanted in KERNEL_LIMITS.items():
+        path = Path("/proc/sys") / key
+        try:
+            current = int(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if current < wanted:
+            path.write_text(str(wanted))
+            logger.info("raised %s from %d to %d", key.replace("/", "."), current, wanted)
 
 
 def sandbox_status(settings: Settings) -> SandboxStatus:

@@ -38,6 +38,8 @@ RUNNING_STATES = ("pending", "running")
 STOPPED_STATES = ("stopping", "stopped")
 #: Size of the default subnets the sandbox makes in its range, as in AWS's default VPC.
 DEFAULT_SUBNET_PREFIX = 20
+#: A machine that died on its own is booted again, up to this many boots in all.
+MAX_BOOTS_WHILE_RUNNING = 3
 
 
 @dataclass
@@ -98,6 +100,9 @@ class Reconciler:
         self.sandbox_dir = sandbox_dir
         self.cidr = cidr
         self._warned: set[str] = set()
+        #: Boots since the instance last entered a running state; a machine that keeps
+        #: dying is not booted forever.
+        self._boots: dict[str, int] = {}
 
     def run(self, stop: threading.Event, *, interval_s: float = 0.5) -> None:
         """Reconcile until ``stop`` is set; a failed pass is logged, not fatal."""
@@ -127,12 +132,20 @@ class Reconciler:
                     self._warn_once(instance_id, refusal)
                     continue
                 seen_addresses[address] = instance_id
-                if hosts.running_pid(self.sandbox_dir, instance_id) is None:
-                    self._boot(instance)
-                    report.booted.append(instance_id)
+                if hosts.running_pid(self.sandbox_dir, instance_id) is not None:
+                    continue
+                if self._boots.get(instance_id, 0) >= MAX_BOOTS_WHILE_RUNNING:
+                    report.refused.append(instance_id)
+                    self._warn_once(instance_id, self._crash_reason(instance_id))
+                    continue
+                self._boots[instance_id] = self._boots.get(instance_id, 0) + 1
+                self._boot(instance)
+                report.booted.append(instance_id)
             elif state in STOPPED_STATES:
+                self._boots.pop(instance_id, None)
                 to_power_off.append(instance_id)
             elif instance_id in hosts.list_hosts(self.sandbox_dir):
+                self._boots.pop(instance_id, None)
                 to_destroy.append(instance_id)
 
         known = {instance["InstanceId"] for instance in instances}
@@ -197,6 +210,17 @@ class Reconciler:
         if address in seen:
             return f"has the same private IP {address} as {seen[address]}"
         return None
+
+    def _crash_reason(self, instance_id: str) -> str:
+        console = hosts.host_dir(self.sandbox_dir, instance_id) / "console.log"
+        try:
+            tail = console.read_text(errors="replace").strip().splitlines()[-5:]
+        except OSError:
+            tail = []
+        return (
+            f"stopped by itself {MAX_BOOTS_WHILE_RUNNING} times; last console lines "
+            f"({console}):\n" + "\n".join(tail)
+        )
 
     def _warn_once(self, instance_id: str, reason: str) -> None:
         if instance_id not in self._warned:
