@@ -24,6 +24,7 @@ logger = logging.getLogger(__name__)
 COMMAND_MODULES = [
     "clusterbook.cli.runs",
     "clusterbook.cli.sandbox",
+    "clusterbook.cli.demo",
 ]
 
 
