@@ -11,13 +11,14 @@ Settings come from the environment (see ``config.py`` for the Slack side and
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 import click
 from clusterbook.errors import ClusterbookError
 from clusterbook.logs import configure_service_logging
 from clusterbook.settings import Settings
-from clusterbook_bot.config import BotConfig
+from clusterbook_bot.config import BotConfig, scrub_credentials
 
 logger = logging.getLogger(__name__)
 
@@ -93,7 +94,9 @@ def demo(text: str) -> None:
 
 def _load() -> tuple[BotConfig, Settings]:
     try:
-        return BotConfig.from_environ(), Settings.load()
+        config, settings = BotConfig.from_environ(), Settings.load()
+        scrub_credentials(os.environ)
+        return config, settings
     except ClusterbookError as exc:
         _fail(str(exc))
         raise  # unreachable; keeps type checkers content

@@ -20,9 +20,12 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from clusterbook.engine import Engine
-from clusterbook.errors import ConfigError
+import nbformat
+from clusterbook.archive.index import RunRecord
+from clusterbook.engine import Engine, read_outputs
+from clusterbook.errors import ClusterbookError, ConfigError
 from clusterbook.settings import Settings
+from clusterbook_bot import messages
 from clusterbook_bot.access import AccessPolicy
 from clusterbook_bot.config import BotConfig
 from clusterbook_bot.handlers import Handlers
@@ -55,6 +58,7 @@ class BotService:
 
         self.settings = settings
         self.config = config
+        messages.register_secrets(config.secrets())
         client_args: dict[str, Any] = {"token": config.bot_token.reveal(), "timeout": 15}
         if config.api_url:
             client_args["base_url"] = config.api_url
@@ -82,6 +86,7 @@ class BotService:
             pending=PendingActions(),
             post_message=self._post_message,
             open_view=self._open_view,
+            outputs_of=self._outputs_of,
         )
         self.app = build_app(self, verify_requests=http)
 
@@ -103,6 +108,18 @@ class BotService:
         self.writer.send(
             channel, lambda: self.client.chat_postMessage(channel=channel, text=text, blocks=blocks)
         )
+
+    def _outputs_of(self, record: RunRecord) -> dict[str, Any]:
+        """The outputs a run recorded, read back from its archived notebook."""
+        if not record.notebook_url:
+            return {}
+        try:
+            notebook = nbformat.reads(self.engine.store.read(record.notebook_url).decode(),
+                                      as_version=4)
+        except (ClusterbookError, ValueError) as exc:
+            logger.warning("cannot read the outputs of run %s: %s", record.run_id, exc)
+            return {}
+        return read_outputs(notebook)
 
     def _open_view(self, *, trigger_id: str, view: dict[str, Any]) -> None:
         self.client.views_open(trigger_id=trigger_id, view=view)

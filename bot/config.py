@@ -18,13 +18,14 @@ file holding the value and wins over ``NAME``. They are never taken from the com
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from clusterbook.errors import ConfigError
 
 DEFAULT_COMMAND = "/clusterbook"
+CREDENTIAL_VARIABLES = ("SLACK_BOT_TOKEN", "SLACK_SIGNING_SECRET", "SLACK_APP_TOKEN")
 MAX_WORKERS = 16
 
 
@@ -96,6 +97,14 @@ class BotConfig:
             access_file=access_file,
             workers=int(workers_text),
         )
+
+
+def scrub_credentials(environ: MutableMapping[str, str]) -> None:
+    """Remove the credential variables once read, so runbook kernels (which inherit the
+    bot's environment) never see the values or where the files are."""
+    for name in CREDENTIAL_VARIABLES:
+        environ.pop(name, None)
+        environ.pop(name + "_FILE", None)
 
 
 def read_secret(name: str, environ: Mapping[str, str]) -> Secret:

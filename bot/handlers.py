@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from clusterbook.archive.index import RunIndex
+from clusterbook.archive.index import RunIndex, RunRecord
 from clusterbook.catalogue import Catalogue, Runbook
 from clusterbook.errors import ClusterbookError, RunbookNotFound, UserInputError
 from clusterbook_bot import messages
@@ -69,6 +69,7 @@ class Handlers:
         pending: PendingActions,
         post_message: Callable[..., Any],
         open_view: Callable[..., Any],
+        outputs_of: Callable[[RunRecord], dict[str, Any]],
     ) -> None:
         self.command = command
         self.catalogue = catalogue
@@ -78,6 +79,7 @@ class Handlers:
         self.pending = pending
         self.post_message = post_message
         self.open_view = open_view
+        self.outputs_of = outputs_of
 
     # -- slash command --------------------------------------------------------------------
 
@@ -117,13 +119,18 @@ class Handlers:
         if action == "params":
             return Reply(messages.parameter_list(self.catalogue.get(target), self.command))
         if action == "status":
-            return Reply(messages.cluster_status(target, self.index.list(cluster=target, limit=20)))
+            records = self.index.list(cluster=target, limit=20)
+            last_ok = next((r for r in records if r.status == "succeeded"), None)
+            outputs = self.outputs_of(last_ok) if last_ok is not None else {}
+            text = messages.cluster_status(target, records)
+            return Reply(text, blocks=[messages.section(text), *messages.output_blocks(outputs)])
         if action == "runs":
             return Reply(messages.run_list(self.index.list(cluster=command.target, limit=15),
                                            cluster=command.target))
         if action == "show":
             record = self.index.get(target)
-            return Reply(messages.run_line(record), blocks=messages.run_details(record))
+            return Reply(messages.run_line(record),
+                         blocks=messages.run_details(record, self.outputs_of(record)))
         if action == "cancel":
             return self._cancel(target, user=user, channel=channel)
         if action == "run":
@@ -300,7 +307,7 @@ class Handlers:
 
         if not self.access.second_approver:
             self.pending.take(pending_id)
-            return ButtonAnswer(messages.approved(pending.what, approver=request.requester),
+            return ButtonAnswer(messages.confirmed(pending.what),
                                 after=[lambda: self.dispatcher.submit(request)])
 
         blocks = messages.approval_blocks(what=pending.what, requester=request.requester,

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from clusterbook.notebook import render_text
-from clusterbook.redact import redact_text, strip_ansi
+from clusterbook.redact import Redactor, strip_ansi
 
 SECTION_LIMIT = 2900
 BAR_WIDTH = 20
@@ -27,9 +27,18 @@ STATUS_ICON = {
 }
 
 
+_redactor = Redactor()
+
+
+def register_secrets(values: Iterable[str]) -> None:
+    """Also redact these literal values (the bot's credentials, read at start-up)."""
+    global _redactor
+    _redactor = Redactor(list(values))
+
+
 def escape(text: Any) -> str:
     """Slack's own escaping for text from users or runs, after redaction."""
-    clean = redact_text(strip_ansi(str(text)))
+    clean = _redactor.text(strip_ansi(str(text)))
     return clean.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
@@ -226,6 +235,10 @@ def approval_waiting(what: str) -> str:
     return f"Confirmed. Waiting for a second person to approve: {escape(what)}."
 
 
+def confirmed(what: str) -> str:
+    return f":white_check_mark: Confirmed: {escape(what)}. Starting."
+
+
 def approved(what: str, *, approver: str) -> str:
     return f":white_check_mark: Approved by <@{escape(approver)}>: {escape(what)}. Starting."
 
@@ -282,12 +295,15 @@ def progress_blocks(
     heading: str,
     requester: str,
 ) -> list[dict[str, Any]]:
+    """``step`` is the step now running (1-based; 0 before the first), so the bar shows the
+    steps already done."""
     icon = STATUS_ICON.get(status, "")
     stage_text = f"{escape(stage)} · " if stage else ""
+    where = f"step {step}/{total}: " if step else ""
     lines = [
         f"{icon} *{escape(title)}* – {escape(status)}",
-        f"`{progress_bar(step, total)}` {step}/{total}",
-        f"{stage_text}{escape(heading) or 'starting…'}",
+        f"`{progress_bar(max(step - 1, 0), total)}` {max(step - 1, 0)}/{total} steps done",
+        f"{stage_text}{where}{escape(heading) or 'starting…'}",
     ]
     run = f"run {code(run_id)} · " if run_id else ""
     return [section("\n".join(lines)), context_block(f"{run}requested by <@{escape(requester)}>")]

@@ -28,7 +28,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from clusterbook.archive.stores import open_store
 from clusterbook.engine import Engine, ProgressEvent
 from clusterbook.errors import ClusterbookError
 from clusterbook.settings import Settings
@@ -125,7 +124,8 @@ class RunDispatcher:
         with self._lock:
             self._jobs[run_id] = job
 
-        blocks = self._progress(job, status="queued", step=0, total=1, heading="waiting")
+        blocks = self._progress(job, status="queued", step=0, total=1,
+                                heading="waiting for a free worker")
         response = self.writer.send(
             request.channel,
             lambda: self.client.chat_postMessage(
@@ -267,12 +267,7 @@ class RunDispatcher:
 
     def _upload_notebook(self, job: _Job, *, run_id: str, location: str) -> None:
         try:
-            store = open_store(
-                self.settings.archive_url,
-                endpoint_url=self.settings.aws_endpoint_url,
-                region=self.settings.aws_region,
-            )
-            content = store.read(location)
+            content = self.engine.store.read(location)
         except ClusterbookError as exc:
             logger.warning("run %s: cannot read the archived notebook: %s", run_id, exc)
             return

@@ -321,3 +321,31 @@ def test_status_runs_and_show_read_the_run_index(bot, slack_standin):
     assert "No run has touched" in status.json()["text"]
     missing = slack.slash("show 20990101-000000-abcdef")
     assert "no run with id" in missing.json()["text"]
+
+
+def test_credentials_never_reach_runbooks_or_messages(bot, slack_standin):
+    from fixtures.slack import BOT_TOKEN, SIGNING_SECRET
+
+    process, slack = bot
+    channel = "C0SECRET"
+
+    slack.slash("run 52_environment variable=SLACK_BOT_TOKEN_FILE", channel=channel)
+    slack.slash(f"run 00_hello name={BOT_TOKEN}", channel=channel)
+
+    messages = slack_standin.wait_for(
+        lambda s: [m for m in s.messages(channel) if m.text.endswith("succeeded")]
+        if len([m for m in s.messages(channel) if m.text.endswith("succeeded")]) == 2 else None,
+        timeout=90)
+    uploads = slack_standin.wait_for(
+        lambda s: [f for f in s.files() if f.channel == channel and f.content]
+        if len([f for f in s.files() if f.channel == channel and f.content]) == 2 else None)
+    seen = json.dumps([m.blocks for m in messages])
+    assert "SLACK_API_URL" in seen  # the kernel sees the plain settings ...
+    for name in ("SLACK_BOT_TOKEN", "SLACK_SIGNING_SECRET"):  # ... but no credential, nor file
+        assert name not in seen
+    everything = json.dumps([c.params for c in slack_standin.calls()], ensure_ascii=False)
+    everything += "".join(f.content.decode() for f in uploads)
+    for secret in (BOT_TOKEN, SIGNING_SECRET):
+        assert secret not in everything
+    assert "REDACTED" in seen
+    assert "Traceback" not in process.log_text()
