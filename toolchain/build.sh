@@ -25,7 +25,7 @@ if [ "$(printf '%s\n%s\n' "go$GO_MINIMUM" "$go_version" | sort -V | head -1)" !=
   exit 3
 fi
 
-export GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS="-mod=mod -buildvcs=false"
+export GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS="-mod=readonly -buildvcs=false"
 mkdir -p "$bin_dir"
 
 # Upstream stamps the release commit too; the module proxy does not carry it, so it stays
