@@ -149,6 +149,7 @@ def build_app(service: BotService, *, verify_requests: bool) -> App:
             channel=str(body.get("channel_id") or ""),
             text=str(body.get("text") or ""),
             trigger_id=str(body.get("trigger_id") or ""),
+            response_url=str(body.get("response_url") or ""),
         )
         ack(**reply.ack_kwargs())
         if reply.after is not None:

@@ -37,6 +37,8 @@ class Reply:
     blocks: list[dict[str, Any]] | None = None
     public: bool = False
     after: Callable[[], None] | None = None
+    #: The run request this reply queues or holds for confirmation, if any.
+    request: RunRequest | None = None
 
     def ack_kwargs(self) -> dict[str, Any]:
         kwargs: dict[str, Any] = {"text": self.text}
@@ -83,11 +85,16 @@ class Handlers:
 
     # -- slash command --------------------------------------------------------------------
 
-    def answer_command(self, *, user: str, channel: str, text: str, trigger_id: str) -> Reply:
+    def answer_command(
+        self, *, user: str, channel: str, text: str, trigger_id: str, response_url: str = ""
+    ) -> Reply:
         """The reply to a slash command; never raises."""
         try:
             command = parse_command(text)
-            return self._dispatch(command, user=user, channel=channel, trigger_id=trigger_id)
+            logger.info("%s in %s: %s %s", user, channel, command.action, command.target or "")
+            reply = self._dispatch(command, user=user, channel=channel, trigger_id=trigger_id)
+            self._remember_response_url(reply, response_url)
+            return reply
         except CommandError as exc:
             return Reply(messages.not_understood(exc.message, self.command,
                                                  show_help=exc.show_help))
@@ -100,6 +107,10 @@ class Handlers:
             reference = uuid.uuid4().hex[:10]
             logger.exception("command from %s failed (reference %s)", user, reference)
             return Reply(messages.internal_error(reference))
+
+    def _remember_response_url(self, reply: Reply, response_url: str) -> None:
+        if reply.request is not None and response_url:
+            reply.request.response_url = response_url
 
     def _dispatch(self, command: Command, *, user: str, channel: str, trigger_id: str) -> Reply:
         action = command.action
@@ -206,18 +217,22 @@ class Handlers:
         pending = self.pending.add(request, what=f"tear down cluster {cluster}",
                                    runbook=runbook.name)
         return Reply(pending.what, blocks=messages.confirm_blocks(what=pending.what,
-                                                                  pending_id=pending.id))
+                                                                  pending_id=pending.id),
+                     request=request)
 
     def _start_or_confirm(
         self, request: RunRequest, *, runbook: str, what: str, user: str, channel: str
     ) -> Reply:
         if any(self.access.is_destructive("run", s.runbook) for s in request.stages):
             pending = self.pending.add(request, what=what, runbook=runbook)
-            return Reply(what, blocks=messages.confirm_blocks(what=what, pending_id=pending.id))
+            return Reply(what, blocks=messages.confirm_blocks(what=what, pending_id=pending.id),
+                         request=request)
+        if self.dispatcher.is_full():
+            return Reply(messages.too_busy())
         cluster = next((str(v) for s in request.stages for k, v in s.params.items()
                         if k == "cluster"), None)
         return Reply(messages.queued([s.runbook for s in request.stages], cluster=cluster),
-                     after=lambda: self.dispatcher.submit(request))
+                     after=lambda: self.dispatcher.submit(request), request=request)
 
     def _pipeline(self) -> list[Runbook]:
         try:

@@ -128,6 +128,17 @@ def internal_error(reference: str) -> str:
     )
 
 
+def cannot_post(channel: str, error: str) -> str:
+    return (
+        f":no_entry: I cannot post in <#{escape(channel)}> ({escape(error)}), so nothing was "
+        "started. Invite me with `/invite @clusterbook` and try again."
+    )
+
+
+def too_busy() -> str:
+    return ":construction: Too many runs are waiting already; nothing was queued. Try again later."
+
+
 def modal_opened(runbook: str) -> str:
     return f"Opening the parameters of {code(runbook)}…"
 

@@ -33,11 +33,14 @@ from clusterbook.errors import ClusterbookError
 from clusterbook.settings import Settings
 from clusterbook_bot import messages
 from clusterbook_bot.progress import ChannelWriter
-from slack_sdk import WebClient
+from slack_sdk import WebClient, WebhookClient
+from slack_sdk.errors import SlackApiError
 
 logger = logging.getLogger(__name__)
 
 SOURCE = "slack"
+#: Requests waiting for or in the worker pool before new ones are refused.
+MAX_WAITING = 50
 #: How Slack people appear in run records: ``slack:U0123ABC``.
 SLACK_USER = "slack:"
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
@@ -60,6 +63,8 @@ class RunRequest:
     approved_by: str | None = None
     #: Set by ``resume``: the first stage is already in the index as this queued run.
     queued_run_id: str | None = None
+    #: Where to answer the requester privately if the run cannot even be queued.
+    response_url: str | None = None
 
 
 @dataclass
@@ -90,14 +95,22 @@ class RunDispatcher:
         self._intake = ThreadPoolExecutor(max_workers=1, thread_name_prefix="intake")
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="run")
         self._jobs: dict[str, _Job] = {}
+        self._waiting = 0
         self._lock = threading.Lock()
 
     def shutdown(self, *, wait: bool = False) -> None:
         self._intake.shutdown(wait=wait, cancel_futures=not wait)
         self._pool.shutdown(wait=wait, cancel_futures=not wait)
 
+    def is_full(self) -> bool:
+        """True when so many requests wait that a new one should be refused, not queued."""
+        with self._lock:
+            return self._waiting >= MAX_WAITING
+
     def submit(self, request: RunRequest) -> None:
         """Queue ``request`` (returns at once; work happens in the intake thread)."""
+        with self._lock:
+            self._waiting += 1
         self._intake.submit(self._guard, self._intake_job, request)
 
     def later(self, work: Any, *args: Any) -> None:
@@ -115,15 +128,26 @@ class RunDispatcher:
 
     def _intake_job(self, request: RunRequest) -> None:
         job = _Job(request)
-        first = request.stages[0]
-        if request.queued_run_id is not None:
-            run_id = request.queued_run_id
-        else:
-            run_id = self._prepare(request, first)
+        try:
+            self._post_queued(job)
+            first = request.stages[0]
+            run_id = request.queued_run_id or self._prepare(request, first)
+        except Exception as exc:  # noqa: BLE001 - whatever failed, the requester hears why
+            with self._lock:
+                self._waiting -= 1
+            self._refuse_after_ack(job, exc)
+            return
+
         job.run_ids.append(run_id)
         with self._lock:
             self._jobs[run_id] = job
+        logger.info("run %s queued for %s in %s", run_id, request.requester, request.channel)
+        self._pool.submit(self._guard, self._execute_job, job)
 
+    def _post_queued(self, job: _Job) -> None:
+        """The run's message, posted before the run is recorded: if the bot may not post in
+        the channel, nothing is queued."""
+        request = job.request
         blocks = self._progress(job, status="queued", step=0, total=1,
                                 heading="waiting for a free worker")
         response = self.writer.send(
@@ -133,8 +157,25 @@ class RunDispatcher:
             ),
         )
         job.ts = str(response["ts"])
-        logger.info("run %s queued for %s in %s", run_id, request.requester, request.channel)
-        self._pool.submit(self._guard, self._execute_job, job)
+
+    def _refuse_after_ack(self, job: _Job, exc: Exception) -> None:
+        """Tell the requester why an acknowledged request could not be queued."""
+        request = job.request
+        if isinstance(exc, SlackApiError):
+            text = messages.cannot_post(request.channel, str(exc.response.get("error")))
+        elif isinstance(exc, ClusterbookError):
+            text = messages.user_error(str(exc))
+        else:
+            logger.exception("queueing %s failed", request.title, exc_info=exc)
+            text = messages.user_error(f"{request.title} could not be queued")
+        logger.warning("%s for %s not queued: %s", request.title, request.requester, exc)
+
+        if job.ts:
+            self.writer.send(request.channel, lambda: self.client.chat_update(
+                channel=request.channel, ts=job.ts, text=f"{request.title}: failed",
+                blocks=[messages.section(text)]))
+        elif request.response_url:
+            WebhookClient(request.response_url).send(text=text, response_type="ephemeral")
 
     def _prepare(self, request: RunRequest, stage: Stage) -> str:
         record = self.engine.prepare(
@@ -150,6 +191,15 @@ class RunDispatcher:
     # -- execution in a worker ----------------------------------------------------------------
 
     def _execute_job(self, job: _Job) -> None:
+        try:
+            self._execute_stages(job)
+        finally:
+            with self._lock:
+                self._waiting -= 1
+                for run_id in job.run_ids:
+                    self._jobs.pop(run_id, None)
+
+    def _execute_stages(self, job: _Job) -> None:
         request = job.request
         outputs: dict[str, Any] = {}
         links: list[str] = []
@@ -177,9 +227,6 @@ class RunDispatcher:
         self._finish(job, status=status, outputs=outputs, links=links, failure=failure)
         for run_id, location in uploads:
             self._upload_notebook(job, run_id=run_id, location=location)
-        with self._lock:
-            for run_id in job.run_ids:
-                self._jobs.pop(run_id, None)
 
     def _execute_stage(self, job: _Job, run_id: str) -> Any:
         def on_progress(event: ProgressEvent) -> None:

@@ -349,3 +349,18 @@ def test_credentials_never_reach_runbooks_or_messages(bot, slack_standin):
         assert secret not in everything
     assert "REDACTED" in seen
     assert "Traceback" not in process.log_text()
+
+
+def test_channel_the_bot_cannot_post_in_queues_nothing_and_says_why(bot, slack_standin):
+    process, slack = bot
+    runs_before = len(index_of(process).list(limit=1000))
+
+    reply = slack.slash("run 00_hello name=nowhere", channel="")
+
+    assert reply.status == 200
+    told = slack_standin.wait_for(lambda s: [r for r in s.responses()
+                                             if "cannot post" in r.get("text", "")])
+    assert "channel_not_found" in told[0]["text"]
+    assert told[0]["response_type"] == "ephemeral"
+    time.sleep(0.3)
+    assert len(index_of(process).list(limit=1000)) == runs_before
