@@ -46,6 +46,8 @@ READ_ACTIONS = frozenset({"help", "runbooks", "params", "status", "runs", "show"
 WRITE_ACTIONS = frozenset({"run", "up", "down", "cancel", "approve"})
 ALL_ACTIONS = READ_ACTIONS | WRITE_ACTIONS
 GROUP_CACHE_S = 300.0
+#: After a failed look-up, deny for this long before asking Slack again (keeps acks fast).
+GROUP_FAILURE_CACHE_S = 30.0
 
 #: Looks up the members of a Slack user group (``usergroups.users.list``).
 GroupLookup = Callable[[str], Iterable[str]]
@@ -78,6 +80,7 @@ class AccessPolicy:
     source: str = "(built-in read-only default)"
 
     def __post_init__(self) -> None:
+        #: group -> (valid until, members)
         self._groups: dict[str, tuple[float, frozenset[str]]] = {}
         self._groups_lock = threading.Lock()
 
@@ -134,15 +137,17 @@ class AccessPolicy:
         now = time.monotonic()
         with self._groups_lock:
             cached = self._groups.get(group)
-            if cached is not None and now - cached[0] < GROUP_CACHE_S:
+            if cached is not None and now < cached[0]:
                 return cached[1]
         try:
             members = frozenset(self.group_lookup(group))
         except Exception as exc:  # noqa: BLE001 - a failed lookup must deny, not crash
             logger.warning("access: cannot list members of user group %s: %s", group, exc)
+            with self._groups_lock:
+                self._groups[group] = (now + GROUP_FAILURE_CACHE_S, frozenset())
             return frozenset()
         with self._groups_lock:
-            self._groups[group] = (now, members)
+            self._groups[group] = (now + GROUP_CACHE_S, members)
         return members
 
     def groups(self) -> set[str]:

@@ -102,7 +102,9 @@ class BotService:
         self.writer.stop()
 
     def _group_members(self, group: str) -> Iterable[str]:
-        return self.client.usergroups_users_list(usergroup=group)["users"]
+        # A short time-out: this may run inside the 3 seconds Slack waits for the ack.
+        lookup = WebClient(token=self.client.token, base_url=self.client.base_url, timeout=2)
+        return lookup.usergroups_users_list(usergroup=group)["users"]
 
     def _post_message(self, *, channel: str, text: str, blocks: list[dict[str, Any]]) -> None:
         self.writer.send(
