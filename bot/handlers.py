@@ -229,10 +229,30 @@ class Handlers:
                          request=request)
         if self.dispatcher.is_full():
             return Reply(messages.too_busy())
+        busy = self._busy_with(request)
+        if busy is not None:
+            return Reply(messages.cluster_busy(busy))
         cluster = next((str(v) for s in request.stages for k, v in s.params.items()
                         if k == "cluster"), None)
         return Reply(messages.queued([s.runbook for s in request.stages], cluster=cluster),
                      after=lambda: self.dispatcher.submit(request), request=request)
+
+    def _busy_with(self, request: RunRequest) -> RunRecord | None:
+        """An unfinished run already changing a cluster this request would change.
+
+        The engine's cluster lock is what really keeps two changes apart; this only saves
+        the requester a queued run that would fail on the lock.
+        """
+        for stage in request.stages:
+            runbook = self.catalogue.get(stage.runbook)
+            cluster = runbook.cluster_of(stage.params) if runbook.changes_cluster else None
+            if cluster is None:
+                continue
+            for status in ("running", "queued"):
+                for record in self.index.list(cluster=cluster, status=status, limit=5):
+                    if self.catalogue.get(record.runbook).changes_cluster:
+                        return record
+        return None
 
     def _pipeline(self) -> list[Runbook]:
         try:

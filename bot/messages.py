@@ -135,6 +135,14 @@ def cannot_post(channel: str, error: str) -> str:
     )
 
 
+def cluster_busy(record: Any) -> str:
+    return (
+        f":construction: Cluster {code(record.cluster)} is being changed by run "
+        f"{code(record.run_id)} ({code(record.runbook)}, {escape(record.status)}, requested by "
+        f"{escape(record.requester)}). Nothing was queued; wait for it or cancel it."
+    )
+
+
 def too_busy() -> str:
     return ":construction: Too many runs are waiting already; nothing was queued. Try again later."
 

@@ -364,3 +364,21 @@ def test_channel_the_bot_cannot_post_in_queues_nothing_and_says_why(bot, slack_s
     assert told[0]["response_type"] == "ephemeral"
     time.sleep(0.3)
     assert len(index_of(process).list(limit=1000)) == runs_before
+
+
+def test_a_cluster_being_changed_refuses_a_second_change(bot, slack_standin):
+    process, slack = bot
+    first = slack.slash("run 53_cluster_sleep cluster=busy seconds=60", channel="C0BUSY")
+    assert "Queued" in first.json()["text"]
+    running = slack_standin.wait_for(
+        lambda s: [r for r in index_of(process).list(cluster="busy") if r.status == "running"])
+
+    second = slack.slash("run 53_cluster_sleep cluster=busy seconds=1", channel="C0BUSY2")
+    other = slack.slash("run 53_cluster_sleep cluster=idle seconds=0", channel="C0IDLE")
+
+    assert "being changed by run" in second.json()["text"]
+    assert running[0].run_id in second.json()["text"]
+    assert "Queued" in other.json()["text"]
+    slack.slash(f"cancel {running[0].run_id}")
+    assert "cancelled" in final_message(slack_standin, "C0BUSY").text
+    assert "succeeded" in final_message(slack_standin, "C0IDLE").text
