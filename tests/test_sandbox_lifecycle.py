@@ -81,8 +81,10 @@ def test_stopped_instance_is_powered_off_and_starts_again_with_its_disk(sandbox:
     keys_before = hosts.published_host_keys_path(folder, instance_id).read_text()
 
     sandbox.ec2.stop_instances(InstanceIds=[instance_id])
-    wait_until(lambda: host_state(sandbox, instance_id) == "powered-off")
-    assert network.host_netns(instance_id) not in network.list_namespaces()
+    wait_until(
+        lambda: host_state(sandbox, instance_id) == "powered-off"
+        and network.host_netns(instance_id) not in network.list_namespaces()
+    )
 
     sandbox.ec2.start_instances(InstanceIds=[instance_id])
     wait_until(lambda: host_state(sandbox, instance_id) == "running")
