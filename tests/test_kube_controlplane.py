@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 from clusterbook.errors import KubeError
-from clusterbook.kube.controlplane import ControlPlane
+from clusterbook.kube.controlplane import ControlPlane, remove_stale_work_dirs
 from clusterbook.kube.processes import is_port_open
 from clusterbook.kube.toolchain import BINARY_NAMES, KubeBinaries
 from kubernetes import client as kube_client
@@ -92,3 +95,55 @@ def test_failed_start_cleans_up_and_shows_the_log(
     assert "refusing to serve on purpose" in str(caught.value)
     assert list(work_parent.iterdir()) == []
     assert _processes_mentioning(str(work_parent)) == []
+
+
+OWNER_SCRIPT = """
+import sys, time
+from pathlib import Path
+from clusterbook.kube.controlplane import ControlPlane, remove_stale_work_dirs
+from clusterbook.kube.toolchain import KubeBinaries, read_pinned_versions
+binaries = KubeBinaries(versions=read_pinned_versions(), bin_dir=Path(sys.argv[1]))
+plane = ControlPlane(binaries, workers=0, parent_dir=Path(sys.argv[2]))
+plane.start()
+print(" ".join(str(p.pid) for p in plane.processes), flush=True)
+time.sleep(600)
+"""
+
+
+def test_components_die_with_a_killed_owner_and_its_folder_is_swept(
+    kube_binaries: KubeBinaries, tmp_path: Path
+) -> None:
+    owner = subprocess.Popen(
+        [sys.executable, "-c", OWNER_SCRIPT, str(kube_binaries.bin_dir), str(tmp_path)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert owner.stdout is not None
+        pids = [int(pid) for pid in owner.stdout.readline().split()]
+        assert len(pids) == 5
+    finally:
+        owner.kill()
+        owner.wait()
+        owner.stdout.close()
+
+    deadline = time.monotonic() + 15
+    while _processes_mentioning(str(tmp_path)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _processes_mentioning(str(tmp_path)) == []
+
+    left = list(tmp_path.glob("clusterbook-kube-*"))
+    assert len(left) == 1
+    assert remove_stale_work_dirs(tmp_path) == left
+    assert not left[0].exists()
+
+
+def test_sweep_keeps_folders_of_live_owners(tmp_path: Path) -> None:
+    mine = tmp_path / "clusterbook-kube-mine"
+    mine.mkdir()
+    (mine / "owner.pid").write_text(str(os.getpid()))
+    unowned = tmp_path / "clusterbook-kube-unowned"
+    unowned.mkdir()
+
+    assert remove_stale_work_dirs(tmp_path) == []
+    assert mine.exists() and unowned.exists()

@@ -21,6 +21,7 @@ from __future__ import annotations
 import http.client
 import ipaddress
 import logging
+import os
 import shutil
 import ssl
 import subprocess
@@ -53,6 +54,29 @@ CONTROL_PLANE_ROLE = "control-plane"
 WORKER_ROLE = "worker"
 ROLE_LABEL_PREFIX = "node-role.kubernetes.io/"
 SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
+WORK_DIR_PREFIX = "clusterbook-kube-"
+#: Holds the pid of the process that owns a work folder.
+OWNER_FILE = "owner.pid"
+
+
+def remove_stale_work_dirs(parent: Path) -> list[Path]:
+    """Remove work folders left by control planes whose owning process has died.
+
+    Components die with their owner (see ``processes``), but a folder is only removed by
+    ``stop()``, which a killed process never reaches; the next start sweeps such leftovers.
+    """
+    removed = []
+    for candidate in parent.glob(f"{WORK_DIR_PREFIX}*"):
+        try:
+            owner = int((candidate / OWNER_FILE).read_text())
+        except (OSError, ValueError):
+            continue
+        if owner == os.getpid() or Path(f"/proc/{owner}").exists():
+            continue
+        shutil.rmtree(candidate, ignore_errors=True)
+        removed.append(candidate)
+        logger.info("removed %s, left behind by process %d", candidate, owner)
+    return removed
 
 
 class ControlPlane:
@@ -237,8 +261,10 @@ class ControlPlane:
     # -- start-up steps --------------------------------------------------------------------
 
     def _start_components(self) -> None:
-        work_dir = Path(tempfile.mkdtemp(prefix="clusterbook-kube-", dir=self.parent_dir))
+        remove_stale_work_dirs(Path(self.parent_dir or tempfile.gettempdir()))
+        work_dir = Path(tempfile.mkdtemp(prefix=WORK_DIR_PREFIX, dir=self.parent_dir))
         self.work_dir = work_dir
+        (work_dir / OWNER_FILE).write_text(str(os.getpid()))
         (work_dir / "logs").mkdir()
         pki = create_pki(work_dir / "pki")
         self._pki = pki
@@ -329,6 +355,9 @@ class ControlPlane:
                 f"--service-cluster-ip-range={SERVICE_CIDR}",
                 "--kube-api-qps=500",
                 "--kube-api-burst=1000",
+                # kwok renews 1,000 node leases on the same 2 cores as everything else; under
+                # load a renewal can be late, and the default 50 s would flap nodes NotReady.
+                "--node-monitor-grace-period=120s",
                 "--profiling=false",
             ],
         )

@@ -4,7 +4,8 @@ kwok changes nothing on its own: each Stage selects objects (by jq-like expressi
 what their status becomes. Without any, the kwok controller exits with "no stages found".
 Ours: a new node becomes Ready; a ready node refreshes its status now and then (its Lease,
 renewed by kwok itself, is the frequent heartbeat); a scheduled pod starts running with an IP;
-a Job's running pod completes; a pod being deleted goes away.
+a running pod marked not ready becomes ready again; a Job's running pod completes; a pod being
+deleted goes away.
 """
 
 from __future__ import annotations
@@ -112,6 +113,19 @@ podIPs:
 {{ end }}
 """
 
+#: A running pod marked not ready (the node controller does that when its node misses
+#: heartbeats) is reported ready again, as a kubelet that is still alive would.
+_POD_READY_AGAIN_STATUS = """\
+{{ $now := Now }}
+conditions:
+- type: ContainersReady
+  status: "True"
+  lastTransitionTime: {{ $now | Quote }}
+- type: Ready
+  status: "True"
+  lastTransitionTime: {{ $now | Quote }}
+"""
+
 #: A Job's pod: its containers exit 0.
 _POD_SUCCEEDED_STATUS = """\
 {{ $now := Now }}
@@ -210,6 +224,18 @@ def build_stages(*, node_heartbeat_s: int = 300) -> list[dict[str, Any]]:
                 _expression(_POD_READY, "NotIn", "True"),
             ],
             {"statusTemplate": _POD_RUNNING_STATUS},
+        ),
+        _stage(
+            "clusterbook-pod-ready-again",
+            "Pod",
+            [
+                _expression(".metadata.deletionTimestamp", "DoesNotExist"),
+                _expression(".status.phase", "In", "Running"),
+                _expression(_POD_READY, "NotIn", "True"),
+            ],
+            {"statusTemplate": _POD_READY_AGAIN_STATUS},
+            delay_ms=2000,
+            jitter_ms=5000,
         ),
         _stage(
             "clusterbook-pod-complete",
