@@ -155,3 +155,31 @@ def test_unknown_ami_override_is_refused_clearly(aws_clients: Any) -> None:
         )
 
     assert "does not exist in this region" in str(caught.value)
+
+
+def test_new_instances_not_yet_visible_are_waited_for(
+    aws_settings: Settings, fast_waits: Any
+) -> None:
+    """EC2 is eventually consistent: new ids can be unknown to Describe* for a moment."""
+    answer = FakeAwsAnswer("DescribeInstanceStatus", "InvalidInstanceID.NotFound", times=2)
+    clients = hooked_clients(aws_settings, answer)
+
+    inventory = provision_cluster(
+        aws_settings, spec(), run_id="r", options=fast_waits, clients=clients
+    )
+
+    assert len(inventory.nodes) == 2
+    assert answer.sent == 3  # twice "not found", then the status checks
+
+
+def test_instance_that_never_appears_times_out_naming_it(aws_settings: Settings) -> None:
+    from clusterbook.aws.instances import WaitLimits, wait_until_running
+
+    clients = make_clients(aws_settings, region=REGION)
+
+    with pytest.raises(AwsError) as caught:
+        wait_until_running(
+            clients.ec2, ["i-0123456789abcdef0"], limits=WaitLimits(running_s=0.3, poll_s=0.05)
+        )
+
+    assert "i-0123456789abcdef0" in str(caught.value) and "not running" in str(caught.value)

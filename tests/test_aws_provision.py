@@ -310,3 +310,16 @@ def test_private_key_never_travels_to_aws(
     assert received and b"ImportKeyPair" in wire  # the public half went out
     assert b"PRIVATE KEY" not in wire
     assert not any(line.encode() in wire for line in key_lines)
+
+
+def test_stopped_node_is_started_again_not_replaced(
+    aws_settings: Any, aws_clients: Any, fast_waits: WaitOptions
+) -> None:
+    first = provision_cluster(aws_settings, make_spec(), run_id="r1", options=fast_waits)
+    worker = first.nodes_of("worker")[0].instance_id
+    aws_clients.ec2.stop_instances(InstanceIds=[worker])
+
+    second = provision_cluster(aws_settings, make_spec(), run_id="r2", options=fast_waits)
+
+    assert [n.instance_id for n in second.nodes] == [n.instance_id for n in first.nodes]
+    assert {n.state for n in second.nodes} == {"running"}

@@ -44,6 +44,7 @@ LIVE_STATES = ["pending", "running", "stopping", "stopped"]
 #: Containers on the nodes reach the metadata service through one more network hop.
 IMDS_HOP_LIMIT = 2
 SSH_PORT = 22
+NOT_VISIBLE_YET = "InvalidInstanceID.NotFound"
 
 #: A probe says whether something accepts TCP connections at (address, port).
 PortProbe = Callable[[str, int], bool]
@@ -187,14 +188,30 @@ def describe_instances(ec2: Any, instance_ids: list[str]) -> list[dict[str, Any]
         return [i for page in pages for r in page["Reservations"] for i in r["Instances"]]
 
 
+def _describe_when_visible(ec2: Any, instance_ids: list[str]) -> list[dict[str, Any]]:
+    """Describe, treating "no such instance" as "not visible yet".
+
+    EC2 is eventually consistent: right after RunInstances, describing the new ids can fail
+    with InvalidInstanceID.NotFound for a few seconds.
+    """
+    try:
+        return describe_instances(ec2, instance_ids)
+    except AwsError as exc:
+        if exc.code != NOT_VISIBLE_YET:
+            raise
+        logger.info("instances not visible yet (%s); waiting", exc.code)
+        return []
+
+
 def wait_until_running(
     ec2: Any, instance_ids: list[str], *, limits: WaitLimits
 ) -> list[dict[str, Any]]:
     """Poll until every instance is running; returns their descriptions."""
     deadline = time.monotonic() + limits.running_s
     while True:
-        instances = describe_instances(ec2, instance_ids)
+        instances = _describe_when_visible(ec2, instance_ids)
         states = {i["InstanceId"]: i["State"]["Name"] for i in instances}
+        states.update({k: "not visible yet" for k in instance_ids if k not in states})
         dead = {k: v for k, v in states.items() if v in ("shutting-down", "terminated")}
         if dead:
             raise AwsError(
@@ -218,10 +235,15 @@ def wait_until_status_ok(ec2: Any, instance_ids: list[str], *, limits: WaitLimit
     """Poll until both EC2 status checks (system and instance) pass for every instance."""
     deadline = time.monotonic() + limits.status_ok_s
     while True:
-        with translate_aws_errors("read the instances' status checks"):
-            statuses = ec2.describe_instance_status(
-                InstanceIds=instance_ids, IncludeAllInstances=True
-            )["InstanceStatuses"]
+        try:
+            with translate_aws_errors("read the instances' status checks"):
+                statuses = ec2.describe_instance_status(
+                    InstanceIds=instance_ids, IncludeAllInstances=True
+                )["InstanceStatuses"]
+        except AwsError as exc:
+            if exc.code != NOT_VISIBLE_YET:
+                raise
+            statuses = []
         checks = {
             s["InstanceId"]: (s["SystemStatus"]["Status"], s["InstanceStatus"]["Status"])
             for s in statuses
