@@ -191,6 +191,8 @@ def _plain(blocks: list[dict]) -> str:
             lines.append(text)
         for item in block.get("fields") or []:
             lines.append(item.get("text", ""))
+        for row in block.get("rows") or []:
+            lines.append(" | ".join(cell.get("text", "") for cell in row))
         for item in block.get("elements") or []:
             if isinstance(item, dict) and item.get("text") and isinstance(item["text"], str):
                 lines.append(item["text"])

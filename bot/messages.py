@@ -15,6 +15,8 @@ from clusterbook.notebook import render_text
 from clusterbook.redact import Redactor, strip_ansi
 
 SECTION_LIMIT = 2900
+MAX_TABLE_ROWS = 100
+MAX_TABLE_COLUMNS = 20
 BAR_WIDTH = 20
 STATUS_ICON = {
     "queued": ":hourglass_flowing_sand:",
@@ -339,13 +341,14 @@ def final_blocks(
     outputs: Mapping[str, Any],
     notebook_links: list[str],
     failed_step: str | None,
+    native_table: bool = True,
 ) -> list[dict[str, Any]]:
     icon = STATUS_ICON.get(status, "")
     head = f"{icon} *{escape(title)}* {escape(status)} in {format_duration(duration_s)}"
     if failed_step:
         head += f"\nFailed at: {escape(failed_step)} (details in the thread)"
     blocks = [section(head)]
-    blocks.extend(output_blocks(outputs))
+    blocks.extend(output_blocks(outputs, native_table=native_table))
     who = f"requested by <@{escape(requester)}>"
     if approved_by:
         who += f", approved by <@{escape(approved_by)}>"
@@ -362,10 +365,18 @@ def failure_text(*, step: str, ename: str, evalue: str, diagnostics: str) -> str
     return "\n".join(lines)
 
 
-def output_blocks(outputs: Mapping[str, Any], *, limit: int = 20) -> list[dict[str, Any]]:
-    """Recorded outputs: tables as aligned text, mappings as fields, the rest as JSON."""
+def output_blocks(
+    outputs: Mapping[str, Any], *, native_table: bool = True, limit: int = 20
+) -> list[dict[str, Any]]:
+    """Recorded outputs: the first table as a Block Kit table (Slack allows one per message),
+    other tables as aligned text, flat mappings as fields, the rest as JSON."""
     blocks: list[dict[str, Any]] = []
     for name, value in list(outputs.items())[:limit]:
+        if native_table and table_fits(value):
+            blocks.append(section(f"*{escape(name)}*"))
+            blocks.append(table_block(value))
+            native_table = False
+            continue
         if isinstance(value, Mapping) and value and all(
             not isinstance(v, (dict, list)) for v in value.values()
         ):
@@ -379,6 +390,27 @@ def output_blocks(outputs: Mapping[str, Any], *, limit: int = 20) -> list[dict[s
         rendered = render_text(name, value)
         blocks.append(section("```" + escape(cut(rendered, SECTION_LIMIT - 10)) + "```"))
     return blocks
+
+
+def table_fits(value: Any) -> bool:
+    """A list of rows (dicts) within Slack's table limits: 100 rows, 20 columns."""
+    if not isinstance(value, list) or not value or len(value) > MAX_TABLE_ROWS:
+        return False
+    if not all(isinstance(row, Mapping) for row in value):
+        return False
+    return len({key for row in value for key in row}) <= MAX_TABLE_COLUMNS
+
+
+def table_block(rows: list[Mapping[str, Any]]) -> dict[str, Any]:
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    header = [_cell(column) for column in columns]
+    body = [[_cell(row.get(column, "")) for column in columns] for row in rows]
+    return {"type": "table", "rows": [header, *body[: MAX_TABLE_ROWS - 1]]}
+
+
+def _cell(value: Any) -> dict[str, Any]:
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+    return {"type": "raw_text", "text": cut(_redactor.text(strip_ansi(text)), 500) or "-"}
 
 
 def format_duration(seconds: float) -> str:

@@ -283,24 +283,32 @@ class RunDispatcher:
         failed_step = None
         if failure is not None:
             failed_step = f"{failure[0].runbook}: {_step_name(failure[1])}"
-        blocks = messages.final_blocks(
-            title=request.title,
-            status=status,
-            duration_s=time.monotonic() - job.started,
-            run_ids=job.run_ids,
-            requester=request.requester,
-            approved_by=request.approved_by,
-            outputs=outputs,
-            notebook_links=links,
-            failed_step=failed_step,
-        )
+        def show(native_table: bool) -> Any:
+            blocks = messages.final_blocks(
+                title=request.title,
+                status=status,
+                duration_s=time.monotonic() - job.started,
+                run_ids=job.run_ids,
+                requester=request.requester,
+                approved_by=request.approved_by,
+                outputs=outputs,
+                notebook_links=links,
+                failed_step=failed_step,
+                native_table=native_table,
+            )
+            return self.writer.send(request.channel, lambda: self.client.chat_update(
+                channel=request.channel, ts=job.ts, text=f"{request.title}: {status}",
+                blocks=blocks))
+
         self.writer.discard(request.channel, job.ts)
-        self.writer.send(
-            request.channel,
-            lambda: self.client.chat_update(
-                channel=request.channel, ts=job.ts, text=f"{request.title}: {status}", blocks=blocks
-            ),
-        )
+        try:
+            show(native_table=True)
+        except SlackApiError as exc:
+            if exc.response.get("error") != "invalid_blocks":
+                raise
+            # Slack refused the table block (a client or workspace without it): plain text.
+            logger.info("table block refused; posting the outputs as text")
+            show(native_table=False)
         logger.info("%s for %s ended %s", request.title, request.requester, status)
 
         if failure is not None:

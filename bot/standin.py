@@ -12,7 +12,8 @@ Answered: ``auth.test``, ``chat.postMessage``, ``chat.update``, ``chat.postEphem
 ``files.completeUploadExternal``), and ``response_url`` posts (``/response/<anything>``).
 
 Known shortcoming: it keeps everything in memory and checks only what the bot relies on
-(token, channel present); it is not a general Slack emulator.
+(token, channel present, at most one table block per message); it is not a general Slack
+emulator.
 """
 
 from __future__ import annotations
@@ -105,6 +106,8 @@ class SlackStandin:
         self.channel_interval_s = channel_interval_s
         #: What ``apps.connections.open`` hands out (set by a Socket Mode test).
         self.socket_url: str | None = None
+        #: Methods that refuse table blocks, like a workspace without them.
+        self.refuse_tables: set[str] = set()
 
         self._state = _State()
         self._lock = threading.Condition()
@@ -241,6 +244,13 @@ class SlackStandin:
             if last is not None and now - last < self.channel_interval_s:
                 return _Reply(429, {"ok": False, "error": "ratelimited"}, 1)
             self._state.last_write[channel] = now
+
+        if sum(1 for b in _blocks(params) if b.get("type") == "table") > 1:
+            return _Reply(200, {"ok": False, "error": "invalid_blocks",
+                                "errors": ["only one table block is allowed per message"]})
+        if method in self.refuse_tables and any(b.get("type") == "table"
+                                                 for b in _blocks(params)):
+            return _Reply(200, {"ok": False, "error": "invalid_blocks"})
 
         answer = getattr(self, "_api_" + method.replace(".", "_"), None)
         if answer is None:

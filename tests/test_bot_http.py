@@ -64,9 +64,10 @@ def test_run_with_parameters_posts_progress_outputs_and_the_notebook(bot, slack_
     assert reply.status == 200
     assert "Queued" in reply.json()["text"]
     message = final_message(slack_standin, channel)
-    blocks = json.dumps(message.blocks, ensure_ascii=False)
     assert "succeeded" in message.text
-    assert "Hello, Zoë &amp; &lt;friends&gt;!" in blocks  # escaped, never markup
+    table = next(b for b in message.blocks if b["type"] == "table")
+    assert [cell["text"] for cell in table["rows"][0]] == ["n", "text"]
+    assert [cell["text"] for cell in table["rows"][2]] == ["2", "Hello, Zoë & <friends>!"]
     assert message.updates >= 1
 
     uploads = slack_standin.wait_for(
@@ -81,6 +82,20 @@ def test_run_with_parameters_posts_progress_outputs_and_the_notebook(bot, slack_
     assert mine[0].requester == "slack:U0ALICE"
     assert mine[0].source == "slack"
     assert mine[0].params["name"] == "Zoë & <friends>"
+
+
+def test_outputs_fall_back_to_text_where_table_blocks_are_refused(bot, slack_standin):
+    _process, slack = bot
+    slack_standin.refuse_tables.add("chat.update")
+    try:
+        slack.slash('run 00_hello name="x<y>" times=2 style=table', channel="C0NOTABLE")
+        message = final_message(slack_standin, "C0NOTABLE")
+    finally:
+        slack_standin.refuse_tables.clear()
+
+    assert "succeeded" in message.text
+    assert not [b for b in message.blocks if b["type"] == "table"]
+    assert "Hello, x&lt;y&gt;!" in json.dumps(message.blocks)  # escaped, never markup
 
 
 def test_values_from_slack_are_data_not_code(bot, slack_standin):
