@@ -128,3 +128,49 @@ def test_teardown_after_a_provision_cancelled_midway(engine: Any, aws_cli: Any) 
 
     assert down.ok and down.outputs["remaining"] == []
     assert live_tagged(aws_cli, "nb") == []
+
+
+def test_runbooks_run_by_hand_as_in_jupyter(
+    aws_settings: Any, aws_cli: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No engine: a kernel executes the notebooks top to bottom, settings from the
+    environment, parameters edited in their cell as a person would."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    monkeypatch.delenv("CLUSTERBOOK_RUN_CONTEXT", raising=False)
+    monkeypatch.delenv("CLUSTERBOOK_CONFIG", raising=False)
+    for name, value in {
+        "STATE_DIR": str(aws_settings.state_dir),
+        "AWS_ENDPOINT_URL": aws_settings.aws_endpoint_url,
+        "AWS_REGION": REGION,
+        "SANDBOX": "true",
+        "SSH_ADDRESS": "private",
+    }.items():
+        monkeypatch.setenv(f"CLUSTERBOOK_{name}", value)
+
+    def run_by_hand(name: str, edits: dict[str, str]) -> None:
+        notebook = nbformat.read(aws_settings.runbooks_dir / f"{name}.ipynb", as_version=4)
+        [cell] = [c for c in notebook.cells if "parameters" in c.metadata.get("tags", [])]
+        for old, new in edits.items():
+            assert old in cell.source
+            cell.source = cell.source.replace(old, new)
+        NotebookClient(notebook, timeout=120, kernel_name="python3").execute()
+
+    run_by_hand(
+        "01_provision",
+        {
+            "wait_for_ssh: bool = True": "wait_for_ssh: bool = False",
+            'cluster: str = "demo"': 'cluster: str = "byhand"',
+        },
+    )
+    assert len([i for i in live_tagged(aws_cli, "byhand") if i.startswith("i-")]) == 2
+
+    run_by_hand(
+        "04_teardown",
+        {
+            'cluster: str = "demo"': 'cluster: str = "byhand"',
+            'confirm: str = ""': 'confirm: str = "byhand"',
+        },
+    )
+    assert live_tagged(aws_cli, "byhand") == []
