@@ -50,6 +50,27 @@ def test_socket_mode_answers_commands_and_runs(tmp_path):
                                                 if m.text.endswith("succeeded")], timeout=90)
             assert "Hello, socket!" in json.dumps(final[0].blocks)
             assert standin.calls("apps.connections.open")[0].token == APP_TOKEN
+
+            # The parameter form, over the same socket: open it, then submit it.
+            server.send("slash_commands", slash_payload("run 00_hello", channel="C0FORM"))
+            opened = standin.wait_for(lambda s: s.calls("views.open"))
+            view = opened[0].params["view"]
+            view = json.loads(view) if isinstance(view, str) else view
+            values = {"name": {"value": {"type": "plain_text_input", "value": "form"}},
+                      "times": {"value": {"type": "number_input", "value": "0"}}}
+            submission = {"type": "view_submission", "user": {"id": "U0ALICE"},
+                          "team": {"id": "T0STANDIN"}, "api_app_id": "A0CLUSTERBOOK",
+                          "view": dict(view, id="V1", state={"values": values})}
+            refused = server.send("interactive", submission)
+            assert refused["payload"]["response_action"] == "errors"
+            assert set(refused["payload"]["errors"]) == {"times"}
+
+            values["times"] = {"value": {"type": "number_input", "value": "2"}}
+            server.send("interactive", dict(submission, view=dict(view, id="V1",
+                                                                  state={"values": values})))
+            formed = standin.wait_for(lambda s: [m for m in s.messages("C0FORM")
+                                                 if m.text.endswith("succeeded")], timeout=90)
+            assert json.dumps(formed[0].blocks).count("Hello, form!") == 2
         finally:
             bot.terminate()
             try:
