@@ -35,6 +35,8 @@ from clusterbook_bot.progress import ChannelWriter
 from clusterbook_bot.runner import RunDispatcher
 from slack_bolt import App, BoltRequest, BoltResponse
 from slack_bolt.authorization import AuthorizeResult
+from slack_bolt.authorization.authorize import Authorize
+from slack_bolt.context import BoltContext
 from slack_bolt.middleware import Middleware
 from slack_sdk import WebClient
 
@@ -216,7 +218,7 @@ def _tell_privately(service: BotService, text: str, channel: str, user: str, rep
         reply.after()
 
 
-def build_authorize(client: WebClient, token: str) -> Callable[..., AuthorizeResult | None]:
+def build_authorize(client: WebClient, token: str) -> FixedAuthorize:
     """One ``auth.test`` now; every request is then authorized from memory."""
     info = client.auth_test(token=token)
     result = AuthorizeResult(
@@ -227,14 +229,28 @@ def build_authorize(client: WebClient, token: str) -> Callable[..., AuthorizeRes
         bot_token=token,
     )
     logger.info("Slack: bot %s in team %s", result.bot_user_id, result.team_id)
+    return FixedAuthorize(result)
 
-    def authorize(team_id: str | None = None) -> AuthorizeResult | None:
-        if team_id and result.team_id and team_id != result.team_id:
+
+class FixedAuthorize(Authorize):
+    """The one workspace this bot is installed in; requests from any other are refused.
+
+    An ``Authorize`` subclass rather than a function: Bolt calls it directly, without
+    inspecting its arguments on every request.
+    """
+
+    def __init__(self, result: AuthorizeResult) -> None:
+        super().__init__()
+        self.result = result
+
+    def __call__(
+        self, *, context: BoltContext, enterprise_id: str | None, team_id: str | None,
+        user_id: str | None, **actor: Any,
+    ) -> AuthorizeResult | None:
+        if team_id and self.result.team_id and team_id != self.result.team_id:
             logger.warning("refused a request from another Slack team %s", team_id)
             return None
-        return result
-
-    return authorize
+        return self.result
 
 
 class ReplayGuard(Middleware):

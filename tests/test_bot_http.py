@@ -190,6 +190,9 @@ def test_forged_old_and_replayed_requests_are_refused(bot, slack_standin):
     unsigned = slack.post_raw(body, {"Content-Type": headers["Content-Type"]})
     assert unsigned.status == 401
 
+    other_team = slack.slash("run 00_hello name=stranger", channel="C0FORGE", team_id="T0OTHER")
+    assert "Queued" not in other_team.body
+
     final_message(slack_standin, "C0FORGE")
     runs = [r for r in index_of(process).list(limit=1000) if r.channel == "C0FORGE"]
     assert len(runs) == 1  # only the one correct request ran
