@@ -74,7 +74,6 @@ class BotService:
         self.writer = ChannelWriter(self.client)
         self.dispatcher = RunDispatcher(
             engine=self.engine,
-            settings=settings,
             client=self.client,
             writer=self.writer,
             workers=config.workers,

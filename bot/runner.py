@@ -30,7 +30,6 @@ from typing import Any
 
 from clusterbook.engine import Engine, ProgressEvent
 from clusterbook.errors import ClusterbookError
-from clusterbook.settings import Settings
 from clusterbook_bot import messages
 from clusterbook_bot.progress import ChannelWriter
 from slack_sdk import WebClient, WebhookClient
@@ -83,18 +82,15 @@ class RunDispatcher:
         self,
         *,
         engine: Engine,
-        settings: Settings,
         client: WebClient,
         writer: ChannelWriter,
         workers: int,
     ) -> None:
         self.engine = engine
-        self.settings = settings
         self.client = client
         self.writer = writer
         self._intake = ThreadPoolExecutor(max_workers=1, thread_name_prefix="intake")
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="run")
-        self._jobs: dict[str, _Job] = {}
         self._waiting = 0
         self._lock = threading.Lock()
 
@@ -139,8 +135,6 @@ class RunDispatcher:
             return
 
         job.run_ids.append(run_id)
-        with self._lock:
-            self._jobs[run_id] = job
         logger.info("run %s queued for %s in %s", run_id, request.requester, request.channel)
         self._pool.submit(self._guard, self._execute_job, job)
 
@@ -196,8 +190,6 @@ class RunDispatcher:
         finally:
             with self._lock:
                 self._waiting -= 1
-                for run_id in job.run_ids:
-                    self._jobs.pop(run_id, None)
 
     def _execute_stages(self, job: _Job) -> None:
         request = job.request
@@ -209,10 +201,11 @@ class RunDispatcher:
         for index, stage in enumerate(request.stages):
             job.stage_index = index
             if index > 0:
-                run_id = self._prepare(request, stage)
-                job.run_ids.append(run_id)
-                with self._lock:
-                    self._jobs[run_id] = job
+                try:
+                    job.run_ids.append(self._prepare(request, stage))
+                except ClusterbookError as exc:
+                    status, failure = "failed", (stage, _NotStarted(run_id="", message=str(exc)))
+                    break
             run_id = job.run_ids[-1]
 
             result = self._execute_stage(job, run_id)
