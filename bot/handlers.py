@@ -198,8 +198,10 @@ class Handlers:
                                       runbook=runbook.name).allowed:
                 return Reply(messages.refused("up", runbook=runbook.name))
             own = {k: v for k, v in params.items() if k in runbook.parameters}
-            if runbook.cluster_param:
-                own[runbook.cluster_param] = cluster
+            cluster_param = runbook.cluster_param or (
+                "cluster" if "cluster" in runbook.parameters else None)
+            if cluster_param:
+                own[cluster_param] = cluster
             stages.append(Stage(runbook.name, runbook.parse(own).values))
 
         request = RunRequest(f"up {cluster}", stages, user, channel)
