@@ -58,8 +58,13 @@ def one_request(conn: http.client.HTTPConnection, path: str, body: bytes, secret
 def measure(url: str, secret: str, response_url: str, *, concurrency: int) -> list[float]:
     parts = urlsplit(url)
     bodies = [
-        slash_body(COMMANDS[i % len(COMMANDS)], user=DEMO_USER, channel="C0BENCH",
-                   command="/clusterbook", response_url=response_url)
+        slash_body(
+            COMMANDS[i % len(COMMANDS)],
+            user=DEMO_USER,
+            channel="C0BENCH",
+            command="/clusterbook",
+            response_url=response_url,
+        )
         for i in range(REQUESTS)
     ]
     latencies: list[float] = []
@@ -97,20 +102,25 @@ def percentile(values: list[float], fraction: float) -> float:
 def main() -> None:
     secret = secrets.token_hex(16)
     with SlackStandin() as standin, tempfile.TemporaryDirectory() as tmp:
-        bot = start_http_bot(standin=standin, state_dir=Path(tmp), signing_secret=secret,
-                             access_yaml=DEMO_ACCESS)
+        bot = start_http_bot(
+            standin=standin, state_dir=Path(tmp), signing_secret=secret, access_yaml=DEMO_ACCESS
+        )
         try:
             measure(bot.events_url, secret, standin.response_url(), concurrency=4)  # warm up
             results = {}
             for concurrency in (1, 20):
-                latencies = measure(bot.events_url, secret, standin.response_url(),
-                                    concurrency=concurrency)
+                latencies = measure(
+                    bot.events_url, secret, standin.response_url(), concurrency=concurrency
+                )
                 results[f"p50_ms_c{concurrency}"] = round(statistics.median(latencies), 1)
                 results[f"p99_ms_c{concurrency}"] = round(percentile(latencies, 0.99), 1)
-                print(f"concurrency {concurrency:>2}: {len(latencies)} requests, "
-                      f"p50 {results[f'p50_ms_c{concurrency}']} ms, "
-                      f"p99 {results[f'p99_ms_c{concurrency}']} ms, "
-                      f"max {max(latencies):.1f} ms", file=sys.stderr)
+                print(
+                    f"concurrency {concurrency:>2}: {len(latencies)} requests, "
+                    f"p50 {results[f'p50_ms_c{concurrency}']} ms, "
+                    f"p99 {results[f'p99_ms_c{concurrency}']} ms, "
+                    f"max {max(latencies):.1f} ms",
+                    file=sys.stderr,
+                )
         finally:
             bot.stop()
     print(json.dumps(results))

@@ -46,10 +46,19 @@ def main(ctx: click.Context, verbose: bool) -> None:
 
 
 @main.command()
-@click.option("--bind", default="127.0.0.1:3000", show_default=True,
-              help="Address gunicorn listens on (0.0.0.0:3000 in a container).")
-@click.option("--threads", default=16, show_default=True, type=click.IntRange(1, 64),
-              help="Request threads of the single worker process.")
+@click.option(
+    "--bind",
+    default="127.0.0.1:3000",
+    show_default=True,
+    help="Address gunicorn listens on (0.0.0.0:3000 in a container).",
+)
+@click.option(
+    "--threads",
+    default=16,
+    show_default=True,
+    type=click.IntRange(1, 64),
+    help="Request threads of the single worker process.",
+)
 @click.pass_obj
 def http(verbose: bool, bind: str, threads: int) -> None:
     """Serve Slack's HTTP requests (slash commands, buttons, modals) with gunicorn."""
@@ -62,8 +71,7 @@ def http(verbose: bool, bind: str, threads: int) -> None:
 
         return BotService(settings, config, http=True)
 
-    serve_http(build_service, bind=bind, threads=threads,
-               log_level="debug" if verbose else "info")
+    serve_http(build_service, bind=bind, threads=threads, log_level="debug" if verbose else "info")
 
 
 @main.command()
@@ -83,8 +91,12 @@ def socket() -> None:
 
 
 @main.command()
-@click.option("--text", default="run 00_hello name=demo times=2 style=table",
-              show_default=True, help="What to type after the slash command.")
+@click.option(
+    "--text",
+    default="run 00_hello name=demo times=2 style=table",
+    show_default=True,
+    help="What to type after the slash command.",
+)
 def demo(text: str) -> None:
     """Run the bot against the local Slack stand-in and show what it posts."""
     from clusterbook_bot.demo import run_demo

@@ -117,8 +117,9 @@ class BotService:
         if not record.notebook_url:
             return {}
         try:
-            notebook = nbformat.reads(self.engine.store.read(record.notebook_url).decode(),
-                                      as_version=4)
+            notebook = nbformat.reads(
+                self.engine.store.read(record.notebook_url).decode(), as_version=4
+            )
         except (ClusterbookError, ValueError) as exc:
             logger.warning("cannot read the outputs of run %s: %s", record.run_id, exc)
             return {}
@@ -191,8 +192,11 @@ def build_app(service: BotService, *, verify_requests: bool) -> App:
         )
 
         def follow_up() -> None:
-            respond(text=answer.text, replace_original=answer.replace_original,
-                    response_type="ephemeral")
+            respond(
+                text=answer.text,
+                replace_original=answer.replace_original,
+                response_type="ephemeral",
+            )
             for work in answer.after:
                 work()
 
@@ -243,8 +247,13 @@ class FixedAuthorize(Authorize):
         self.result = result
 
     def __call__(
-        self, *, context: BoltContext, enterprise_id: str | None, team_id: str | None,
-        user_id: str | None, **actor: Any,
+        self,
+        *,
+        context: BoltContext,
+        enterprise_id: str | None,
+        team_id: str | None,
+        user_id: str | None,
+        **actor: Any,
     ) -> AuthorizeResult | None:
         if team_id and self.result.team_id and team_id != self.result.team_id:
             logger.warning("refused a request from another Slack team %s", team_id)
@@ -279,4 +288,3 @@ class ReplayGuard(Middleware):
                 return BoltResponse(status=401, body="replayed request")
             self._seen[signature] = now
         return next()
-

@@ -39,25 +39,44 @@ def sign(body: bytes, *, timestamp: int, secret: str) -> str:
 
 
 def slash_body(
-    text: str, *, user: str, channel: str, command: str, response_url: str,
+    text: str,
+    *,
+    user: str,
+    channel: str,
+    command: str,
+    response_url: str,
     trigger_id: str | None = None,
 ) -> bytes:
     """A slash command's form body; every one carries a new trigger id, as Slack's do."""
-    return urllib.parse.urlencode({
-        "team_id": "T0STANDIN", "team_domain": "standin", "channel_id": channel,
-        "channel_name": "demo", "user_id": user, "user_name": user.lower(), "command": command,
-        "text": text, "api_app_id": "A0CLUSTERBOOK", "response_url": response_url,
-        "trigger_id": trigger_id or f"{time.time_ns()}.{secrets.token_hex(6)}",
-    }).encode()
+    return urllib.parse.urlencode(
+        {
+            "team_id": "T0STANDIN",
+            "team_domain": "standin",
+            "channel_id": channel,
+            "channel_name": "demo",
+            "user_id": user,
+            "user_name": user.lower(),
+            "command": command,
+            "text": text,
+            "api_app_id": "A0CLUSTERBOOK",
+            "response_url": response_url,
+            "trigger_id": trigger_id or f"{time.time_ns()}.{secrets.token_hex(6)}",
+        }
+    ).encode()
 
 
 def post_signed(url: str, body: bytes, *, secret: str, timeout: float = 30) -> tuple[int, str]:
     timestamp = int(time.time())
-    request = urllib.request.Request(url, data=body, method="POST", headers={
-        "Content-Type": "application/x-www-form-urlencoded",
-        "X-Slack-Request-Timestamp": str(timestamp),
-        "X-Slack-Signature": sign(body, timestamp=timestamp, secret=secret),
-    })
+    request = urllib.request.Request(
+        url,
+        data=body,
+        method="POST",
+        headers={
+            "Content-Type": "application/x-www-form-urlencoded",
+            "X-Slack-Request-Timestamp": str(timestamp),
+            "X-Slack-Signature": sign(body, timestamp=timestamp, secret=secret),
+        },
+    )
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             return response.status, response.read().decode()
@@ -100,8 +119,9 @@ def start_http_bot(
     state_dir.mkdir(parents=True, exist_ok=True)
     access = state_dir / "access.yaml"
     access.write_text(access_yaml)
-    child_env = {k: v for k, v in os.environ.items()
-                 if not k.startswith(("CLUSTERBOOK_", "SLACK_"))}
+    child_env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("CLUSTERBOOK_", "SLACK_"))
+    }
     child_env.update(
         SLACK_BOT_TOKEN=standin.bot_token,
         SLACK_SIGNING_SECRET=signing_secret,
@@ -112,9 +132,20 @@ def start_http_bot(
     )
     child_env.update(env or {})
     process = subprocess.Popen(
-        [sys.executable, "-m", "clusterbook_bot", "http", "--bind", "127.0.0.1:0",
-         "--threads", str(threads)],
-        env=child_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "clusterbook_bot",
+            "http",
+            "--bind",
+            "127.0.0.1:0",
+            "--threads",
+            str(threads),
+        ],
+        env=child_env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
         start_new_session=True,
     )
     bot = HttpBot(process)
@@ -151,12 +182,21 @@ def run_demo(text: str) -> None:
     state_dir = Path(tempfile.mkdtemp(prefix="clusterbook-bot-demo-"))
     with SlackStandin(bot_token="xoxb-demo-" + secrets.token_hex(8)) as standin:
         print(f"Slack stand-in on {standin.base_url}; state in {state_dir}")
-        bot = start_http_bot(standin=standin, state_dir=state_dir,
-                             signing_secret=signing_secret, access_yaml=DEMO_ACCESS)
+        bot = start_http_bot(
+            standin=standin,
+            state_dir=state_dir,
+            signing_secret=signing_secret,
+            access_yaml=DEMO_ACCESS,
+        )
         try:
             print(f"bot (gunicorn) on {bot.url}\n\n> /clusterbook {text}")
-            body = slash_body(text, user=DEMO_USER, channel=DEMO_CHANNEL,
-                              command="/clusterbook", response_url=standin.response_url())
+            body = slash_body(
+                text,
+                user=DEMO_USER,
+                channel=DEMO_CHANNEL,
+                command="/clusterbook",
+                response_url=standin.response_url(),
+            )
             status, answer = post_signed(bot.events_url, body, secret=signing_secret)
             print(f"ack: HTTP {status}: {json.loads(answer or '{}').get('text', answer)}\n")
             _follow(standin)
@@ -175,8 +215,13 @@ def _follow(standin: SlackStandin, *, timeout: float = 120) -> None:
             if text != shown:
                 print("--- message in #demo ---\n" + text)
                 shown = text
-            if any(m.text.endswith(("succeeded", "failed", "cancelled", "timed-out"))
-                   for m in messages) and standin.files():
+            if (
+                any(
+                    m.text.endswith(("succeeded", "failed", "cancelled", "timed-out"))
+                    for m in messages
+                )
+                and standin.files()
+            ):
                 break
         time.sleep(0.5)
     for upload in standin.files():

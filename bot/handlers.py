@@ -96,8 +96,9 @@ class Handlers:
             self._remember_response_url(reply, response_url)
             return reply
         except CommandError as exc:
-            return Reply(messages.not_understood(exc.message, self.command,
-                                                 show_help=exc.show_help))
+            return Reply(
+                messages.not_understood(exc.message, self.command, show_help=exc.show_help)
+            )
         except UserInputError as exc:
             return Reply(messages.user_error(str(exc)))
         except ClusterbookError as exc:
@@ -118,8 +119,9 @@ class Handlers:
             return Reply(messages.help_text(self.command))
 
         runbook_name = self._runbook_for(command)
-        decision = self.access.decide(user=user, channel=channel, action=action,
-                                      runbook=runbook_name)
+        decision = self.access.decide(
+            user=user, channel=channel, action=action, runbook=runbook_name
+        )
         if not decision.allowed and not self._own_run(command, user):
             logger.info("refused %s %s for %s in %s", action, runbook_name or "", user, channel)
             return Reply(messages.refused(action, runbook=runbook_name))
@@ -136,17 +138,23 @@ class Handlers:
             text = messages.cluster_status(target, records)
             return Reply(text, blocks=[messages.section(text), *messages.output_blocks(outputs)])
         if action == "runs":
-            return Reply(messages.run_list(self.index.list(cluster=command.target, limit=15),
-                                           cluster=command.target))
+            return Reply(
+                messages.run_list(
+                    self.index.list(cluster=command.target, limit=15), cluster=command.target
+                )
+            )
         if action == "show":
             record = self.index.get(target)
-            return Reply(messages.run_line(record),
-                         blocks=messages.run_details(record, self.outputs_of(record)))
+            return Reply(
+                messages.run_line(record),
+                blocks=messages.run_details(record, self.outputs_of(record)),
+            )
         if action == "cancel":
             return self._cancel(target, user=user, channel=channel)
         if action == "run":
-            return self._run(target, command.params, user=user, channel=channel,
-                             trigger_id=trigger_id)
+            return self._run(
+                target, command.params, user=user, channel=channel, trigger_id=trigger_id
+            )
         if action == "up":
             return self._up(target, command.params, user=user, channel=channel)
         if action == "down":
@@ -174,13 +182,16 @@ class Handlers:
         if not params and runbook.parameters:
             context = ModalContext(runbook.name, channel, user)
             view = build_modal(runbook, context=context)
-            return Reply(messages.modal_opened(runbook.name),
-                         after=lambda: self.open_view(trigger_id=trigger_id, view=view))
+            return Reply(
+                messages.modal_opened(runbook.name),
+                after=lambda: self.open_view(trigger_id=trigger_id, view=view),
+            )
 
         values = runbook.parse(params).values
         request = RunRequest(runbook.name, [Stage(runbook.name, values)], user, channel)
-        return self._start_or_confirm(request, runbook=runbook.name,
-                                      what=f"run {runbook.name}", user=user, channel=channel)
+        return self._start_or_confirm(
+            request, runbook=runbook.name, what=f"run {runbook.name}", user=user, channel=channel
+        )
 
     def _up(self, cluster: str, params: dict[str, str], *, user: str, channel: str) -> Reply:
         pipeline = self._pipeline()
@@ -194,19 +205,22 @@ class Handlers:
 
         stages = []
         for runbook in pipeline:
-            if not self.access.decide(user=user, channel=channel, action="up",
-                                      runbook=runbook.name).allowed:
+            if not self.access.decide(
+                user=user, channel=channel, action="up", runbook=runbook.name
+            ).allowed:
                 return Reply(messages.refused("up", runbook=runbook.name))
             own = {k: v for k, v in params.items() if k in runbook.parameters}
             cluster_param = runbook.cluster_param or (
-                "cluster" if "cluster" in runbook.parameters else None)
+                "cluster" if "cluster" in runbook.parameters else None
+            )
             if cluster_param:
                 own[cluster_param] = cluster
             stages.append(Stage(runbook.name, runbook.parse(own).values))
 
         request = RunRequest(f"up {cluster}", stages, user, channel)
-        return self._start_or_confirm(request, runbook=pipeline[0].name, what=f"up {cluster}",
-                                      user=user, channel=channel)
+        return self._start_or_confirm(
+            request, runbook=pipeline[0].name, what=f"up {cluster}", user=user, channel=channel
+        )
 
     def _down(self, cluster: str, *, user: str, channel: str) -> Reply:
         runbook = self._teardown()
@@ -216,28 +230,38 @@ class Handlers:
             params["confirm"] = cluster
         values = runbook.parse(params).values
         request = RunRequest(f"down {cluster}", [Stage(runbook.name, values)], user, channel)
-        pending = self.pending.add(request, what=f"tear down cluster {cluster}",
-                                   runbook=runbook.name)
-        return Reply(pending.what, blocks=messages.confirm_blocks(what=pending.what,
-                                                                  pending_id=pending.id),
-                     request=request)
+        pending = self.pending.add(
+            request, what=f"tear down cluster {cluster}", runbook=runbook.name
+        )
+        return Reply(
+            pending.what,
+            blocks=messages.confirm_blocks(what=pending.what, pending_id=pending.id),
+            request=request,
+        )
 
     def _start_or_confirm(
         self, request: RunRequest, *, runbook: str, what: str, user: str, channel: str
     ) -> Reply:
         if any(self.access.is_destructive("run", s.runbook) for s in request.stages):
             pending = self.pending.add(request, what=what, runbook=runbook)
-            return Reply(what, blocks=messages.confirm_blocks(what=what, pending_id=pending.id),
-                         request=request)
+            return Reply(
+                what,
+                blocks=messages.confirm_blocks(what=what, pending_id=pending.id),
+                request=request,
+            )
         if self.dispatcher.is_full():
             return Reply(messages.too_busy())
         busy = self._busy_with(request)
         if busy is not None:
             return Reply(messages.cluster_busy(busy))
-        cluster = next((str(v) for s in request.stages for k, v in s.params.items()
-                        if k == "cluster"), None)
-        return Reply(messages.queued([s.runbook for s in request.stages], cluster=cluster),
-                     after=lambda: self.dispatcher.submit(request), request=request)
+        cluster = next(
+            (str(v) for s in request.stages for k, v in s.params.items() if k == "cluster"), None
+        )
+        return Reply(
+            messages.queued([s.runbook for s in request.stages], cluster=cluster),
+            after=lambda: self.dispatcher.submit(request),
+            request=request,
+        )
 
     def _busy_with(self, request: RunRequest) -> RunRecord | None:
         """An unfinished run already changing a cluster this request would change.
@@ -272,8 +296,10 @@ class Handlers:
         record = self.index.get(run_id)
         if record.finished:
             return Reply(messages.cancel_not_possible(record.run_id, record.status))
-        return Reply(messages.cancel_requested(record.run_id),
-                     after=lambda: self.dispatcher.cancel(record.run_id))
+        return Reply(
+            messages.cancel_requested(record.run_id),
+            after=lambda: self.dispatcher.cancel(record.run_id),
+        )
 
     # -- modal submission -------------------------------------------------------------------
 
@@ -283,17 +309,22 @@ class Handlers:
         """Field errors (to show in the modal), or the reply to send once it closes."""
         context = ModalContext.load(private_metadata)
         runbook = self.catalogue.get(context.runbook)
-        if not self.access.decide(user=user, channel=context.channel, action="run",
-                                  runbook=runbook.name).allowed:
+        if not self.access.decide(
+            user=user, channel=context.channel, action="run", runbook=runbook.name
+        ).allowed:
             return {}, Reply(messages.refused("run", runbook=runbook.name))
 
         values, errors = read_submission(runbook, state_values)
         if errors:
             return errors, None
         request = RunRequest(runbook.name, [Stage(runbook.name, values)], user, context.channel)
-        return {}, self._start_or_confirm(request, runbook=runbook.name,
-                                          what=f"run {runbook.name}", user=user,
-                                          channel=context.channel)
+        return {}, self._start_or_confirm(
+            request,
+            runbook=runbook.name,
+            what=f"run {runbook.name}",
+            user=user,
+            channel=context.channel,
+        )
 
     # -- buttons ---------------------------------------------------------------------------
 
@@ -317,11 +348,13 @@ class Handlers:
             is_requester = user == request.requester
             if action_id == "clusterbook_approve" and is_requester:
                 return ButtonAnswer(messages.self_approval(), replace_original=False)
-            allowed = self.access.decide(user=user, channel=request.channel, action="approve",
-                                         runbook=pending.runbook).allowed
+            allowed = self.access.decide(
+                user=user, channel=request.channel, action="approve", runbook=pending.runbook
+            ).allowed
             if not allowed and not (is_requester and action_id == "clusterbook_reject"):
-                return ButtonAnswer(messages.refused("approve", runbook=pending.runbook),
-                                    replace_original=False)
+                return ButtonAnswer(
+                    messages.refused("approve", runbook=pending.runbook), replace_original=False
+                )
             taken = self.pending.take(value)
             if taken is None:
                 return ButtonAnswer(messages.pending_expired())
@@ -329,10 +362,11 @@ class Handlers:
                 logger.info("%s rejected by %s", pending.what, user)
                 return ButtonAnswer(messages.rejected(pending.what, by=user))
             request.approved_by = user
-            logger.info("%s requested by %s approved by %s", pending.what, request.requester,
-                        user)
-            return ButtonAnswer(messages.approved(pending.what, approver=user),
-                                after=[lambda: self.dispatcher.submit(request)])
+            logger.info("%s requested by %s approved by %s", pending.what, request.requester, user)
+            return ButtonAnswer(
+                messages.approved(pending.what, approver=user),
+                after=[lambda: self.dispatcher.submit(request)],
+            )
 
         return ButtonAnswer(messages.pending_expired())
 
@@ -344,13 +378,16 @@ class Handlers:
 
         if not self.access.second_approver:
             self.pending.take(pending_id)
-            return ButtonAnswer(messages.confirmed(pending.what),
-                                after=[lambda: self.dispatcher.submit(request)])
+            return ButtonAnswer(
+                messages.confirmed(pending.what), after=[lambda: self.dispatcher.submit(request)]
+            )
 
-        blocks = messages.approval_blocks(what=pending.what, requester=request.requester,
-                                          pending_id=pending.id)
+        blocks = messages.approval_blocks(
+            what=pending.what, requester=request.requester, pending_id=pending.id
+        )
         return ButtonAnswer(
             messages.approval_waiting(pending.what),
-            after=[lambda: self.post_message(channel=request.channel, text=pending.what,
-                                             blocks=blocks)],
+            after=[
+                lambda: self.post_message(channel=request.channel, text=pending.what, blocks=blocks)
+            ],
         )

@@ -354,7 +354,9 @@ def final_blocks(
         who += f", approved by <@{escape(approved_by)}>"
     runs = ", ".join(code(r) for r in run_ids)
     links = " · ".join(escape(link) for link in notebook_links)
-    blocks.append(context_block(f"runs {runs} · {who}" + (f"\nnotebooks: {links}" if links else "")))
+    blocks.append(
+        context_block(f"runs {runs} · {who}" + (f"\nnotebooks: {links}" if links else ""))
+    )
     return blocks
 
 
@@ -377,8 +379,10 @@ def output_blocks(
             blocks.append(table_block(value))
             native_table = False
             continue
-        if isinstance(value, Mapping) and value and all(
-            not isinstance(v, (dict, list)) for v in value.values()
+        if (
+            isinstance(value, Mapping)
+            and value
+            and all(not isinstance(v, (dict, list)) for v in value.values())
         ):
             fields = [
                 {"type": "mrkdwn", "text": cut(f"*{escape(k)}*\n{escape(v)}", 1900)}

@@ -33,7 +33,9 @@ class ModalContext:
     requester: str
 
     def dump(self) -> str:
-        return json.dumps({"runbook": self.runbook, "channel": self.channel, "user": self.requester})
+        return json.dumps(
+            {"runbook": self.runbook, "channel": self.channel, "user": self.requester}
+        )
 
     @classmethod
     def load(cls, text: str) -> ModalContext:
@@ -46,8 +48,10 @@ def build_modal(runbook: Runbook, *, context: ModalContext) -> dict[str, Any]:
     blocks: list[dict[str, Any]] = [
         {
             "type": "section",
-            "text": {"type": "mrkdwn", "text": _cut(f"*{runbook.title}*\n{runbook.description}",
-                                                    2900)},
+            "text": {
+                "type": "mrkdwn",
+                "text": _cut(f"*{runbook.title}*\n{runbook.description}", 2900),
+            },
         }
     ]
     for spec in list(runbook.parameters.values())[: MAX_BLOCKS - 1]:
@@ -118,7 +122,9 @@ def _element(spec: ParameterSpec) -> dict[str, Any]:
     return element
 
 
-def read_submission(runbook: Runbook, state_values: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+def read_submission(
+    runbook: Runbook, state_values: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, str]]:
     """Typed values and per-field errors from a ``view_submission``'s ``state.values``."""
     valid = [f"{s.name} ({s.describe_type()})" for s in runbook.parameters.values()]
     values: dict[str, Any] = {}

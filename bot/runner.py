@@ -142,8 +142,9 @@ class RunDispatcher:
         """The run's message, posted before the run is recorded: if the bot may not post in
         the channel, nothing is queued."""
         request = job.request
-        blocks = self._progress(job, status="queued", step=0, total=1,
-                                heading="waiting for a free worker")
+        blocks = self._progress(
+            job, status="queued", step=0, total=1, heading="waiting for a free worker"
+        )
         response = self.writer.send(
             request.channel,
             lambda: self.client.chat_postMessage(
@@ -165,9 +166,15 @@ class RunDispatcher:
         logger.warning("%s for %s not queued: %s", request.title, request.requester, exc)
 
         if job.ts:
-            self.writer.send(request.channel, lambda: self.client.chat_update(
-                channel=request.channel, ts=job.ts, text=f"{request.title}: failed",
-                blocks=[messages.section(text)]))
+            self.writer.send(
+                request.channel,
+                lambda: self.client.chat_update(
+                    channel=request.channel,
+                    ts=job.ts,
+                    text=f"{request.title}: failed",
+                    blocks=[messages.section(text)],
+                ),
+            )
         elif request.response_url:
             WebhookClient(request.response_url).send(text=text, response_type="ephemeral")
 
@@ -236,8 +243,9 @@ class RunDispatcher:
 
         record = self.engine.index.get(run_id)
         if record.finished:  # cancelled while it waited for a worker
-            return _NotStarted(run_id=run_id, message=record.error_summary or "",
-                               status=record.status)
+            return _NotStarted(
+                run_id=run_id, message=record.error_summary or "", status=record.status
+            )
         try:
             return self.engine.execute(run_id, on_progress=on_progress)
         except ClusterbookError as exc:
@@ -276,6 +284,7 @@ class RunDispatcher:
         failed_step = None
         if failure is not None:
             failed_step = f"{failure[0].runbook}: {_step_name(failure[1])}"
+
         def show(native_table: bool) -> Any:
             blocks = messages.final_blocks(
                 title=request.title,
@@ -289,9 +298,15 @@ class RunDispatcher:
                 failed_step=failed_step,
                 native_table=native_table,
             )
-            return self.writer.send(request.channel, lambda: self.client.chat_update(
-                channel=request.channel, ts=job.ts, text=f"{request.title}: {status}",
-                blocks=blocks))
+            return self.writer.send(
+                request.channel,
+                lambda: self.client.chat_update(
+                    channel=request.channel,
+                    ts=job.ts,
+                    text=f"{request.title}: {status}",
+                    blocks=blocks,
+                ),
+            )
 
         self.writer.discard(request.channel, job.ts)
         try:
@@ -348,8 +363,9 @@ class RunDispatcher:
         for old in ours:
             record = self.engine.index.get(old.run_id)
             if record.status == "interrupted" and record.channel:
-                self.later(self._notify, record.channel,
-                           messages.interrupted_after_restart(record.run_id))
+                self.later(
+                    self._notify, record.channel, messages.interrupted_after_restart(record.run_id)
+                )
             if record.run_id not in to_resume or not record.channel:
                 continue
             logger.info("resuming queued run %s", record.run_id)

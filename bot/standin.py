@@ -180,9 +180,7 @@ class SlackStandin:
         with self._lock:
             return list(self._state.responses)
 
-    def wait_for(
-        self, predicate: Callable[[SlackStandin], Any], *, timeout: float = 30.0
-    ) -> Any:
+    def wait_for(self, predicate: Callable[[SlackStandin], Any], *, timeout: float = 30.0) -> Any:
         """Block until ``predicate(self)`` is truthy (re-checked on every call received)."""
         deadline = time.monotonic() + timeout
         with self._lock:
@@ -246,10 +244,15 @@ class SlackStandin:
             self._state.last_write[channel] = now
 
         if sum(1 for b in _blocks(params) if b.get("type") == "table") > 1:
-            return _Reply(200, {"ok": False, "error": "invalid_blocks",
-                                "errors": ["only one table block is allowed per message"]})
-        if method in self.refuse_tables and any(b.get("type") == "table"
-                                                 for b in _blocks(params)):
+            return _Reply(
+                200,
+                {
+                    "ok": False,
+                    "error": "invalid_blocks",
+                    "errors": ["only one table block is allowed per message"],
+                },
+            )
+        if method in self.refuse_tables and any(b.get("type") == "table" for b in _blocks(params)):
             return _Reply(200, {"ok": False, "error": "invalid_blocks"})
 
         answer = getattr(self, "_api_" + method.replace(".", "_"), None)

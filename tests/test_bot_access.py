@@ -10,8 +10,7 @@ POLICY = {
     "approval": {"second_approver": True, "destructive_runbooks": ["*teardown*", "9?_*"]},
     "rules": [
         {"name": "readers", "users": ["*"], "actions": ["runbooks", "status"]},
-        {"name": "ops channel", "channels": ["C0OPS"], "actions": ["run"],
-         "runbooks": ["00_*"]},
+        {"name": "ops channel", "channels": ["C0OPS"], "actions": ["run"], "runbooks": ["00_*"]},
         {"name": "group", "usergroups": ["S0ADMINS"], "actions": ["*"]},
     ],
 }
@@ -30,10 +29,12 @@ def test_rules_match_person_channel_action_and_runbook():
     assert access.decide(user="U0ANY", channel="C0X", action="status").allowed
     assert not access.decide(user="U0ANY", channel="C0X", action="run", runbook="00_hello").allowed
     assert access.decide(user="U0ANY", channel="C0OPS", action="run", runbook="00_hello").allowed
-    assert not access.decide(user="U0ANY", channel="C0OPS", action="run",
-                             runbook="01_provision").allowed
-    assert access.decide(user="U0ADMIN", channel="C0X", action="down",
-                         runbook="04_teardown").allowed
+    assert not access.decide(
+        user="U0ANY", channel="C0OPS", action="run", runbook="01_provision"
+    ).allowed
+    assert access.decide(
+        user="U0ADMIN", channel="C0X", action="down", runbook="04_teardown"
+    ).allowed
     assert access.decide(user="U0ADMIN", channel="C0X", action="approve").rule == "group"
 
 
@@ -46,8 +47,7 @@ def test_group_lookups_are_cached_also_when_they_fail():
 
     access = policy(broken)
     for _ in range(3):
-        assert not access.decide(user="U0ADMIN", channel="C0X", action="run",
-                                 runbook="x").allowed
+        assert not access.decide(user="U0ADMIN", channel="C0X", action="run", runbook="x").allowed
 
     working = policy(lambda group: calls.append(group) or ["U0ADMIN"])
     for _ in range(3):

@@ -16,13 +16,22 @@ from fixtures.slack import BOT_TOKEN, SlackClientSim, start_bot
 
 
 def tagged_resources(endpoint: str, cluster: str) -> list[str]:
-    ec2 = boto3.client("ec2", endpoint_url=endpoint, region_name=REGION,
-                       aws_access_key_id="reader", aws_secret_access_key="reader")
+    ec2 = boto3.client(
+        "ec2",
+        endpoint_url=endpoint,
+        region_name=REGION,
+        aws_access_key_id="reader",
+        aws_secret_access_key="reader",
+    )
     tag = [{"Name": f"tag:{TAG_CLUSTER}", "Values": [cluster]}]
-    live = tag + [{"Name": "instance-state-name",
-                   "Values": ["pending", "running", "stopping", "stopped"]}]
-    found = [i["InstanceId"] for r in ec2.describe_instances(Filters=live)["Reservations"]
-             for i in r["Instances"]]
+    live = tag + [
+        {"Name": "instance-state-name", "Values": ["pending", "running", "stopping", "stopped"]}
+    ]
+    found = [
+        i["InstanceId"]
+        for r in ec2.describe_instances(Filters=live)["Reservations"]
+        for i in r["Instances"]
+    ]
     found += [g["GroupId"] for g in ec2.describe_security_groups(Filters=tag)["SecurityGroups"]]
     found += [k["KeyName"] for k in ec2.describe_key_pairs(Filters=tag)["KeyPairs"]]
     return found
@@ -30,9 +39,14 @@ def tagged_resources(endpoint: str, cluster: str) -> list[str]:
 
 def run_message(standin: SlackStandin, channel: str, title: str) -> Any:
     def ended(s: SlackStandin):
-        return [m for m in s.messages(channel) if m.thread_ts is None
-                and m.text.startswith(title + ":")
-                and m.text.split(": ")[-1] in ("succeeded", "failed", "cancelled")]
+        return [
+            m
+            for m in s.messages(channel)
+            if m.thread_ts is None
+            and m.text.startswith(title + ":")
+            and m.text.split(": ")[-1] in ("succeeded", "failed", "cancelled")
+        ]
+
     return standin.wait_for(ended, timeout=240)[0]
 
 
@@ -48,26 +62,30 @@ def test_up_then_down_on_the_sandbox_ec2(tmp_path, moto_endpoint):
         try:
             slack = SlackClientSim(bot.url + "/slack/events", standin)
 
-            up = slack.slash("up sbx admin_cidr=203.0.113.7/32 wait_for_ssh=false",
-                             channel="C0UP")
+            up = slack.slash("up sbx admin_cidr=203.0.113.7/32 wait_for_ssh=false", channel="C0UP")
             assert "Queued `01_provision`" in up.json()["text"]
             message = run_message(standin, "C0UP", "up sbx")
             blocks = json.dumps(message.blocks)
             assert message.text == "up sbx: succeeded", blocks
             assert "control-plane" in blocks and "worker" in blocks  # the nodes table
             assert "notebook.ipynb" in blocks  # the archive link
-            uploads = standin.wait_for(lambda s: [f for f in s.files() if f.channel == "C0UP"
-                                                  and f.content])
+            uploads = standin.wait_for(
+                lambda s: [f for f in s.files() if f.channel == "C0UP" and f.content]
+            )
             archived = nbformat.reads(uploads[0].content.decode(), as_version=4)
             assert archived.metadata["clusterbook"]["run"]["requester"] == "slack:U0ALICE"
             assert len(tagged_resources(moto_endpoint, "sbx")) >= 3
 
             down = slack.slash("down sbx", channel="C0UP")
-            pending = next(b for b in down.json()["blocks"]
-                           if b["type"] == "actions")["elements"][0]["value"]
+            pending = next(b for b in down.json()["blocks"] if b["type"] == "actions")["elements"][
+                0
+            ]["value"]
             slack.click("clusterbook_confirm", pending, user="U0ALICE", channel="C0UP")
-            standin.wait_for(lambda s: [m for m in s.messages("C0UP")
-                                        if "clusterbook_approve" in json.dumps(m.blocks)])
+            standin.wait_for(
+                lambda s: [
+                    m for m in s.messages("C0UP") if "clusterbook_approve" in json.dumps(m.blocks)
+                ]
+            )
             assert len(tagged_resources(moto_endpoint, "sbx")) >= 3  # nothing before approval
             slack.click("clusterbook_approve", pending, user="U0BOB", channel="C0UP")
 

@@ -115,13 +115,20 @@ def test_hostile_commands_get_a_clear_answer_and_start_nothing(bot, slack_standi
         assert data["response_type"] == "ephemeral", text
         assert data["text"].strip(), text
         assert "Traceback" not in reply.body and "Something went wrong" not in reply.body, text
-        assert ":warning:" in data["text"] or ":thinking_face:" in data["text"] \
-            or "not allowed" in data["text"] or "No run" in data["text"], (text, data["text"])
+        assert (
+            ":warning:" in data["text"]
+            or ":thinking_face:" in data["text"]
+            or "not allowed" in data["text"]
+            or "No run" in data["text"]
+        ), (text, data["text"])
 
     time.sleep(1.0)
     assert len(index.list(limit=1000)) == runs_before
-    assert not [c for c in slack_standin.calls("chat.postMessage")
-                if str(c.params.get("channel", "")).startswith("C0HOSTILE")]
+    assert not [
+        c
+        for c in slack_standin.calls("chat.postMessage")
+        if str(c.params.get("channel", "")).startswith("C0HOSTILE")
+    ]
     assert not slack_standin.calls("views.open")
     with urllib.request.urlopen(process.url + "/healthz", timeout=5) as response:
         assert response.status == 200
@@ -133,10 +140,14 @@ def test_hostile_commands_get_a_clear_answer_and_start_nothing(bot, slack_standi
     [
         ("", Command("help")),
         ("RUN 00_hello", Command("run", "00_hello")),
-        ('run 00_hello name="two words" times=2',
-         Command("run", "00_hello", {"name": "two words", "times": "2"})),
-        ("run 00_hello name=\u201ccurly quotes\u201d",
-         Command("run", "00_hello", {"name": "curly quotes"})),
+        (
+            'run 00_hello name="two words" times=2',
+            Command("run", "00_hello", {"name": "two words", "times": "2"}),
+        ),
+        (
+            "run 00_hello name=\u201ccurly quotes\u201d",
+            Command("run", "00_hello", {"name": "curly quotes"}),
+        ),
         ("run 00_hello name=a&amp;b&lt;c&gt;", Command("run", "00_hello", {"name": "a&b<c>"})),
         ("run 00_hello name=Zoë", Command("run", "00_hello", {"name": "Zoë"})),
         ("up demo workers=3", Command("up", "demo", {"workers": "3"})),

@@ -22,8 +22,10 @@ def load_all(path: Path) -> list[dict]:
 
 
 def test_app_manifests_ask_only_for_the_scopes_the_bot_uses():
-    for name, socket_mode in (("slack-app-manifest.yaml", False),
-                              ("slack-app-manifest.socket.yaml", True)):
+    for name, socket_mode in (
+        ("slack-app-manifest.yaml", False),
+        ("slack-app-manifest.socket.yaml", True),
+    ):
         manifest = load_all(DEPLOY / name)[0]
         assert manifest["oauth_config"]["scopes"]["bot"] == MINIMAL_SCOPES
         assert "user" not in manifest["oauth_config"]["scopes"]
@@ -39,8 +41,13 @@ def test_kubernetes_manifests_fit_together():
     folder = DEPLOY / "kubernetes"
     kustomization = load_all(folder / "kustomization.yaml")[0]
     docs = {d["kind"]: d for name in kustomization["resources"] for d in load_all(folder / name)}
-    assert set(docs) == {"ServiceAccount", "ConfigMap", "PersistentVolumeClaim", "Deployment",
-                         "Service"}
+    assert set(docs) == {
+        "ServiceAccount",
+        "ConfigMap",
+        "PersistentVolumeClaim",
+        "Deployment",
+        "Service",
+    }
 
     deployment = docs["Deployment"]
     assert deployment["spec"]["replicas"] == 1
@@ -58,8 +65,10 @@ def test_kubernetes_manifests_fit_together():
     for variable in ("SLACK_BOT_TOKEN_FILE", "SLACK_SIGNING_SECRET_FILE"):
         folder_path, key = env[variable].rsplit("/", 1)
         assert folder_path == mounts["slack"] and key in secret["stringData"]
-    assert volumes["state"]["persistentVolumeClaim"]["claimName"] == \
-        docs["PersistentVolumeClaim"]["metadata"]["name"]
+    assert (
+        volumes["state"]["persistentVolumeClaim"]["claimName"]
+        == docs["PersistentVolumeClaim"]["metadata"]["name"]
+    )
     assert mounts["state"] == env["CLUSTERBOOK_STATE_DIR"]
 
     config = docs["ConfigMap"]["data"]
@@ -72,8 +81,9 @@ def test_kubernetes_manifests_fit_together():
 
 
 def test_example_access_file_is_valid(tmp_path):
-    policy = parse_policy(yaml.safe_load((DEPLOY / "access.example.yaml").read_text()),
-                          source="example")
+    policy = parse_policy(
+        yaml.safe_load((DEPLOY / "access.example.yaml").read_text()), source="example"
+    )
     assert policy.decide(user="U1", channel="C1", action="runbooks").allowed
     assert not policy.decide(user="U1", channel="C1", action="run", runbook="00_hello").allowed
 
@@ -84,11 +94,17 @@ def test_systemd_unit_verifies_and_passes_secrets_as_files(tmp_path):
     unit = (DEPLOY / "systemd" / "clusterbook-bot.service").read_text()
     assert "SLACK_BOT_TOKEN=" not in unit and "LoadCredential=slack-bot-token" in unit
 
-    local = unit.replace("/opt/clusterbook/.venv/bin/clusterbook-bot",
-                         str(Path(sys.executable).with_name("clusterbook-bot")))
+    local = unit.replace(
+        "/opt/clusterbook/.venv/bin/clusterbook-bot",
+        str(Path(sys.executable).with_name("clusterbook-bot")),
+    )
     (tmp_path / "clusterbook-bot.service").write_text(local)
-    checked = subprocess.run([analyze, "verify", str(tmp_path / "clusterbook-bot.service")],
-                             capture_output=True, text=True, check=False)
+    checked = subprocess.run(
+        [analyze, "verify", str(tmp_path / "clusterbook-bot.service")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     problems = [line for line in checked.stderr.splitlines() if "clusterbook-bot" in line]
     assert problems == [], checked.stderr
 
@@ -96,8 +112,12 @@ def test_systemd_unit_verifies_and_passes_secrets_as_files(tmp_path):
 def test_secrets_come_from_files_and_never_show(tmp_path):
     token = tmp_path / "token"
     token.write_text("xoxb-from-a-file\n")
-    config = BotConfig.from_environ({"SLACK_BOT_TOKEN_FILE": str(token),
-                                     "SLACK_BOT_TOKEN": "xoxb-ignored",
-                                     "SLACK_SIGNING_SECRET": "sig"})
+    config = BotConfig.from_environ(
+        {
+            "SLACK_BOT_TOKEN_FILE": str(token),
+            "SLACK_BOT_TOKEN": "xoxb-ignored",
+            "SLACK_SIGNING_SECRET": "sig",
+        }
+    )
     assert config.bot_token.reveal() == "xoxb-from-a-file"
     assert "xoxb" not in repr(config) and "sig" not in str(config.signing_secret)

@@ -27,9 +27,12 @@ def final_message(standin: SlackStandin, channel: str, *, timeout: float = 90) -
 
     def done(s: SlackStandin) -> StoredMessage | None:
         for message in s.messages(channel):
-            if message.thread_ts is None and message.text.split(": ")[-1] in (
-                "succeeded", "failed", "cancelled", "timed-out", "interrupted"
-            ) and any(icon in json.dumps(message.blocks) for icon in ended):
+            if (
+                message.thread_ts is None
+                and message.text.split(": ")[-1]
+                in ("succeeded", "failed", "cancelled", "timed-out", "interrupted")
+                and any(icon in json.dumps(message.blocks) for icon in ended)
+            ):
                 return message
         return None
 
@@ -38,8 +41,12 @@ def final_message(standin: SlackStandin, channel: str, *, timeout: float = 90) -
 
 def wait_for_call(standin: SlackStandin, method: str, *, channel: str, timeout: float = 30):
     def found(s: SlackStandin):
-        return [c for c in s.calls(method)
-                if c.params.get("channel", c.params.get("channel_id")) == channel]
+        return [
+            c
+            for c in s.calls(method)
+            if c.params.get("channel", c.params.get("channel_id")) == channel
+        ]
+
     return standin.wait_for(found, timeout=timeout)
 
 
@@ -58,8 +65,7 @@ def test_run_with_parameters_posts_progress_outputs_and_the_notebook(bot, slack_
     process, slack = bot
     channel = "C0RUN"
 
-    reply = slack.slash('run 00_hello name="Zoë & <friends>" times=2 style=table',
-                        channel=channel)
+    reply = slack.slash('run 00_hello name="Zoë & <friends>" times=2 style=table', channel=channel)
 
     assert reply.status == 200
     assert "Queued" in reply.json()["text"]
@@ -71,7 +77,8 @@ def test_run_with_parameters_posts_progress_outputs_and_the_notebook(bot, slack_
     assert message.updates >= 1
 
     uploads = slack_standin.wait_for(
-        lambda s: [f for f in s.files() if f.channel == channel and f.content])
+        lambda s: [f for f in s.files() if f.channel == channel and f.content]
+    )
     notebook = nbformat.reads(uploads[0].content.decode(), as_version=4)
     assert uploads[0].thread_ts == message.ts
     assert notebook.metadata["clusterbook"]["run"]["status"] == "succeeded"
@@ -122,7 +129,8 @@ def test_failure_posts_the_step_error_and_diagnostics_in_the_thread(bot, slack_s
     assert "failed" in message.text
     assert "Break things" in json.dumps(message.blocks)
     replies = slack_standin.wait_for(
-        lambda s: [m for m in s.messages(channel) if m.thread_ts == message.ts])
+        lambda s: [m for m in s.messages(channel) if m.thread_ts == message.ts]
+    )
     assert "RuntimeError" in replies[0].text
     assert "broken testing" in replies[0].text
     assert "Break things" in replies[0].text
@@ -135,8 +143,9 @@ def test_parameter_modal_validates_fields_then_runs(bot, slack_standin):
     reply = slack.slash("run 00_hello", channel=channel)
 
     assert reply.status == 200
-    opened = slack_standin.wait_for(lambda s: [c for c in s.calls("views.open")
-                                               if channel in json.dumps(c.params)])
+    opened = slack_standin.wait_for(
+        lambda s: [c for c in s.calls("views.open") if channel in json.dumps(c.params)]
+    )
     view = opened[-1].params["view"]
     view = json.loads(view) if isinstance(view, str) else view
     fields = {b["block_id"]: b for b in view["blocks"] if b["type"] == "input"}
@@ -147,10 +156,12 @@ def test_parameter_modal_validates_fields_then_runs(bot, slack_standin):
     assert fields["name"]["element"]["initial_value"] == "world"
     assert fields["name"]["hint"]["text"] == "who to greet"
 
-    bad = {"name": {"value": {"type": "plain_text_input", "value": "modal"}},
-           "times": {"value": {"type": "number_input", "value": "99"}},
-           "shout": {"value": {"type": "static_select", "selected_option": {"value": "maybe"}}},
-           "style": {"value": {"type": "static_select", "selected_option": {"value": "table"}}}}
+    bad = {
+        "name": {"value": {"type": "plain_text_input", "value": "modal"}},
+        "times": {"value": {"type": "number_input", "value": "99"}},
+        "shout": {"value": {"type": "static_select", "selected_option": {"value": "maybe"}}},
+        "style": {"value": {"type": "static_select", "selected_option": {"value": "table"}}},
+    }
     refused = slack.submit_view(view, bad)
     assert refused.status == 200
     errors = refused.json()
@@ -158,8 +169,11 @@ def test_parameter_modal_validates_fields_then_runs(bot, slack_standin):
     assert set(errors["errors"]) == {"times", "shout"}
     assert "maximum 10" in errors["errors"]["times"]
 
-    good = dict(bad, times={"value": {"type": "number_input", "value": "3"}},
-                shout={"value": {"type": "static_select", "selected_option": {"value": "true"}}})
+    good = dict(
+        bad,
+        times={"value": {"type": "number_input", "value": "3"}},
+        shout={"value": {"type": "static_select", "selected_option": {"value": "true"}}},
+    )
     accepted = slack.submit_view(view, good)
     assert accepted.status == 200
     assert accepted.body in ("", "{}") or "errors" not in accepted.json()
@@ -179,8 +193,9 @@ def test_forged_old_and_replayed_requests_are_refused(bot, slack_standin):
     replayed = slack.post_raw(body, headers)
     assert replayed.status == 401
 
-    wrong_secret = slack.post(body, content_type=headers["Content-Type"],
-                              signature="v0=" + "0" * 64)
+    wrong_secret = slack.post(
+        body, content_type=headers["Content-Type"], signature="v0=" + "0" * 64
+    )
     assert wrong_secret.status == 401
 
     old = int(time.time()) - 6 * 60
@@ -252,25 +267,31 @@ def test_down_needs_confirmation_and_a_second_approver(bot, slack_standin):
     assert [b["action_id"] for b in buttons] == ["clusterbook_confirm", "clusterbook_abort"]
     assert not [r for r in index_of(process).list(limit=1000) if r.channel == channel]
 
-    slack.click("clusterbook_confirm", pending, user="U0BOB", channel=channel,
-                response_name="bob-confirm")
-    answer = slack_standin.wait_for(lambda s: [r for r in s.responses()
-                                               if "Only the person" in r.get("text", "")])
+    slack.click(
+        "clusterbook_confirm", pending, user="U0BOB", channel=channel, response_name="bob-confirm"
+    )
+    answer = slack_standin.wait_for(
+        lambda s: [r for r in s.responses() if "Only the person" in r.get("text", "")]
+    )
     assert answer[0]["replace_original"] is False
 
     slack.click("clusterbook_confirm", pending, user="U0ALICE", channel=channel)
     posted = slack_standin.wait_for(
-        lambda s: [m for m in s.messages(channel) if "clusterbook_approve" in json.dumps(m.blocks)])
-    approve_value = next(e for b in posted[0].blocks if b["type"] == "actions"
-                     for e in b["elements"])["value"]
+        lambda s: [m for m in s.messages(channel) if "clusterbook_approve" in json.dumps(m.blocks)]
+    )
+    approve_value = next(
+        e for b in posted[0].blocks if b["type"] == "actions" for e in b["elements"]
+    )["value"]
     assert approve_value == pending
 
     slack.click("clusterbook_approve", pending, user="U0ALICE", channel=channel)
-    slack_standin.wait_for(lambda s: [r for r in s.responses()
-                                      if "cannot approve your own" in r.get("text", "")])
+    slack_standin.wait_for(
+        lambda s: [r for r in s.responses() if "cannot approve your own" in r.get("text", "")]
+    )
     slack.click("clusterbook_approve", pending, user="U0MALLORY", channel=channel)
-    slack_standin.wait_for(lambda s: [r for r in s.responses()
-                                      if "not allowed to `approve`" in r.get("text", "")])
+    slack_standin.wait_for(
+        lambda s: [r for r in s.responses() if "not allowed to `approve`" in r.get("text", "")]
+    )
     assert not [r for r in index_of(process).list(limit=1000) if r.channel == channel]
 
     slack.click("clusterbook_approve", pending, user="U0BOB", channel=channel)
@@ -283,8 +304,7 @@ def test_down_needs_confirmation_and_a_second_approver(bot, slack_standin):
     assert record[0].approved_by == "slack:U0BOB"
     assert record[0].params == {"cluster": "demo"}
 
-    slack.click("clusterbook_approve", pending, user="U0BOB", channel=channel,
-                response_name="late")
+    slack.click("clusterbook_approve", pending, user="U0BOB", channel=channel, response_name="late")
     slack_standin.wait_for(lambda s: [r for r in s.responses() if "expired" in r.get("text", "")])
     assert len([r for r in index_of(process).list(limit=1000) if r.channel == channel]) == 1
 
@@ -295,8 +315,9 @@ def test_aborted_destructive_request_runs_nothing(bot, slack_standin):
 
     pending, _ = confirm_value(slack.slash("run 99_teardown cluster=keep", channel=channel))
     slack.click("clusterbook_abort", pending, user="U0ALICE", channel=channel)
-    slack_standin.wait_for(lambda s: [r for r in s.responses() if "Cancelled: run 99_teardown"
-                                      in r.get("text", "")])
+    slack_standin.wait_for(
+        lambda s: [r for r in s.responses() if "Cancelled: run 99_teardown" in r.get("text", "")]
+    )
     slack.click("clusterbook_confirm", pending, user="U0ALICE", channel=channel)
     slack_standin.wait_for(lambda s: [r for r in s.responses() if "expired" in r.get("text", "")])
     time.sleep(0.3)
@@ -309,8 +330,13 @@ def test_cancel_stops_a_running_run(bot, slack_standin):
 
     slack.slash("run 51_sleep seconds=120", channel=channel)
     running = slack_standin.wait_for(
-        lambda s: [r for r in index_of(process).list(limit=1000)
-                   if r.channel == channel and r.status == "running"], timeout=30)
+        lambda s: [
+            r
+            for r in index_of(process).list(limit=1000)
+            if r.channel == channel and r.status == "running"
+        ],
+        timeout=30,
+    )
     run_id = running[0].run_id
 
     refused = slack.slash(f"cancel {run_id}", user="U0MALLORY")
@@ -351,12 +377,20 @@ def test_credentials_never_reach_runbooks_or_messages(bot, slack_standin):
     slack.slash(f"run 00_hello name={BOT_TOKEN}", channel=channel)
 
     messages = slack_standin.wait_for(
-        lambda s: [m for m in s.messages(channel) if m.text.endswith("succeeded")]
-        if len([m for m in s.messages(channel) if m.text.endswith("succeeded")]) == 2 else None,
-        timeout=90)
+        lambda s: (
+            [m for m in s.messages(channel) if m.text.endswith("succeeded")]
+            if len([m for m in s.messages(channel) if m.text.endswith("succeeded")]) == 2
+            else None
+        ),
+        timeout=90,
+    )
     uploads = slack_standin.wait_for(
-        lambda s: [f for f in s.files() if f.channel == channel and f.content]
-        if len([f for f in s.files() if f.channel == channel and f.content]) == 2 else None)
+        lambda s: (
+            [f for f in s.files() if f.channel == channel and f.content]
+            if len([f for f in s.files() if f.channel == channel and f.content]) == 2
+            else None
+        )
+    )
     seen = json.dumps([m.blocks for m in messages])
     assert "SLACK_API_URL" in seen  # the kernel sees the plain settings ...
     for name in ("SLACK_BOT_TOKEN", "SLACK_SIGNING_SECRET"):  # ... but no credential, nor file
@@ -376,8 +410,9 @@ def test_channel_the_bot_cannot_post_in_queues_nothing_and_says_why(bot, slack_s
     reply = slack.slash("run 00_hello name=nowhere", channel="")
 
     assert reply.status == 200
-    told = slack_standin.wait_for(lambda s: [r for r in s.responses()
-                                             if "cannot post" in r.get("text", "")])
+    told = slack_standin.wait_for(
+        lambda s: [r for r in s.responses() if "cannot post" in r.get("text", "")]
+    )
     assert "channel_not_found" in told[0]["text"]
     assert told[0]["response_type"] == "ephemeral"
     time.sleep(0.3)
@@ -389,7 +424,8 @@ def test_a_cluster_being_changed_refuses_a_second_change(bot, slack_standin):
     first = slack.slash("run 53_cluster_sleep cluster=busy seconds=60", channel="C0BUSY")
     assert "Queued" in first.json()["text"]
     running = slack_standin.wait_for(
-        lambda s: [r for r in index_of(process).list(cluster="busy") if r.status == "running"])
+        lambda s: [r for r in index_of(process).list(cluster="busy") if r.status == "running"]
+    )
 
     second = slack.slash("run 53_cluster_sleep cluster=busy seconds=1", channel="C0BUSY2")
     other = slack.slash("run 53_cluster_sleep cluster=idle seconds=0", channel="C0IDLE")

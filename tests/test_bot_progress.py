@@ -91,7 +91,8 @@ def test_bot_run_never_trips_the_per_channel_limit(tmp_path):
             slack.slash("run 00_hello name=limit", channel="C0LIMIT")
             standin.wait_for(
                 lambda s: len([f for f in s.files() if f.channel == "C0LIMIT" and f.content]) == 2,
-                timeout=90)
+                timeout=90,
+            )
         finally:
             bot.stop()
 
@@ -114,11 +115,13 @@ def test_restart_marks_running_runs_interrupted_and_resumes_queued_ones(tmp_path
         try:
             slack = SlackClientSim(bot.url + "/slack/events", standin)
             slack.slash("run 51_sleep seconds=300", channel="C0LONG")
-            standin.wait_for(lambda s: [r for r in index.list() if r.status == "running"],
-                             timeout=30)
+            standin.wait_for(
+                lambda s: [r for r in index.list() if r.status == "running"], timeout=30
+            )
             slack.slash("run 00_hello name=after", channel="C0NEXT")
-            standin.wait_for(lambda s: [r for r in index.list() if r.status == "queued"],
-                             timeout=30)
+            standin.wait_for(
+                lambda s: [r for r in index.list() if r.status == "queued"], timeout=30
+            )
         finally:
             bot.kill()
 
@@ -129,10 +132,12 @@ def test_restart_marks_running_runs_interrupted_and_resumes_queued_ones(tmp_path
 
         again = start_bot(standin=standin, state_dir=state, runbooks_dir=runbooks, extra_env=env)
         try:
-            standin.wait_for(lambda s: index.get(next_run.run_id).status == "succeeded",
-                             timeout=90)
-            notice = standin.wait_for(lambda s: [
-                m for m in s.messages("C0LONG") if "interrupted by a bot restart" in m.text])
+            standin.wait_for(lambda s: index.get(next_run.run_id).status == "succeeded", timeout=90)
+            notice = standin.wait_for(
+                lambda s: [
+                    m for m in s.messages("C0LONG") if "interrupted by a bot restart" in m.text
+                ]
+            )
         finally:
             again.stop()
 

@@ -14,10 +14,18 @@ from fixtures.slack import APP_TOKEN, BOT_TOKEN, REPO, SocketModeServer
 
 def slash_payload(text: str, *, channel: str, user: str = "U0ALICE") -> dict:
     return {
-        "token": "unused", "team_id": "T0STANDIN", "team_domain": "standin",
-        "channel_id": channel, "channel_name": "test", "user_id": user, "user_name": "alice",
-        "command": "/cb", "text": text, "api_app_id": "A0CLUSTERBOOK",
-        "response_url": "http://127.0.0.1:9/unused", "trigger_id": "1.2.3",
+        "token": "unused",
+        "team_id": "T0STANDIN",
+        "team_domain": "standin",
+        "channel_id": channel,
+        "channel_name": "test",
+        "user_id": user,
+        "user_name": "alice",
+        "command": "/cb",
+        "text": text,
+        "api_app_id": "A0CLUSTERBOOK",
+        "response_url": "http://127.0.0.1:9/unused",
+        "trigger_id": "1.2.3",
     }
 
 
@@ -29,25 +37,36 @@ def test_socket_mode_answers_commands_and_runs(tmp_path):
         standin.socket_url = server.url
         env = {k: v for k, v in os.environ.items() if not k.startswith(("SLACK_", "CLUSTERBOOK_"))}
         env.update(
-            SLACK_BOT_TOKEN=BOT_TOKEN, SLACK_APP_TOKEN=APP_TOKEN, SLACK_API_URL=standin.api_url,
-            CLUSTERBOOK_STATE_DIR=str(tmp_path / "state"), CLUSTERBOOK_BOT_COMMAND="/cb",
-            CLUSTERBOOK_BOT_ACCESS=str(access), CLUSTERBOOK_RUNBOOKS_DIR=str(REPO / "runbooks"),
+            SLACK_BOT_TOKEN=BOT_TOKEN,
+            SLACK_APP_TOKEN=APP_TOKEN,
+            SLACK_API_URL=standin.api_url,
+            CLUSTERBOOK_STATE_DIR=str(tmp_path / "state"),
+            CLUSTERBOOK_BOT_COMMAND="/cb",
+            CLUSTERBOOK_BOT_ACCESS=str(access),
+            CLUSTERBOOK_RUNBOOKS_DIR=str(REPO / "runbooks"),
         )
-        bot = subprocess.Popen([sys.executable, "-m", "clusterbook_bot", "socket"], env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        bot = subprocess.Popen(
+            [sys.executable, "-m", "clusterbook_bot", "socket"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         try:
             server.wait_connected()
 
             unknown = server.send("slash_commands", slash_payload("nonsense", channel="C0S"))
             assert "/cb runbooks" in unknown["payload"]["text"]
 
-            reply = server.send("slash_commands",
-                                slash_payload("run 00_hello name=socket", channel="C0S"))
+            reply = server.send(
+                "slash_commands", slash_payload("run 00_hello name=socket", channel="C0S")
+            )
             assert "Queued" in reply["payload"]["text"]
             assert reply["payload"]["response_type"] == "ephemeral"
 
-            final = standin.wait_for(lambda s: [m for m in s.messages("C0S")
-                                                if m.text.endswith("succeeded")], timeout=90)
+            final = standin.wait_for(
+                lambda s: [m for m in s.messages("C0S") if m.text.endswith("succeeded")], timeout=90
+            )
             assert "Hello, socket!" in json.dumps(final[0].blocks)
             assert standin.calls("apps.connections.open")[0].token == APP_TOKEN
 
@@ -56,20 +75,29 @@ def test_socket_mode_answers_commands_and_runs(tmp_path):
             opened = standin.wait_for(lambda s: s.calls("views.open"))
             view = opened[0].params["view"]
             view = json.loads(view) if isinstance(view, str) else view
-            values = {"name": {"value": {"type": "plain_text_input", "value": "form"}},
-                      "times": {"value": {"type": "number_input", "value": "0"}}}
-            submission = {"type": "view_submission", "user": {"id": "U0ALICE"},
-                          "team": {"id": "T0STANDIN"}, "api_app_id": "A0CLUSTERBOOK",
-                          "view": dict(view, id="V1", state={"values": values})}
+            values = {
+                "name": {"value": {"type": "plain_text_input", "value": "form"}},
+                "times": {"value": {"type": "number_input", "value": "0"}},
+            }
+            submission = {
+                "type": "view_submission",
+                "user": {"id": "U0ALICE"},
+                "team": {"id": "T0STANDIN"},
+                "api_app_id": "A0CLUSTERBOOK",
+                "view": dict(view, id="V1", state={"values": values}),
+            }
             refused = server.send("interactive", submission)
             assert refused["payload"]["response_action"] == "errors"
             assert set(refused["payload"]["errors"]) == {"times"}
 
             values["times"] = {"value": {"type": "number_input", "value": "2"}}
-            server.send("interactive", dict(submission, view=dict(view, id="V1",
-                                                                  state={"values": values})))
-            formed = standin.wait_for(lambda s: [m for m in s.messages("C0FORM")
-                                                 if m.text.endswith("succeeded")], timeout=90)
+            server.send(
+                "interactive", dict(submission, view=dict(view, id="V1", state={"values": values}))
+            )
+            formed = standin.wait_for(
+                lambda s: [m for m in s.messages("C0FORM") if m.text.endswith("succeeded")],
+                timeout=90,
+            )
             assert json.dumps(formed[0].blocks).count("Hello, form!") == 2
         finally:
             bot.terminate()
