@@ -36,7 +36,7 @@ from clusterbook.errors import KubeError
 from clusterbook.kube.kubeconfig import write_kubeconfig
 from clusterbook.kube.pki import ClusterPki, create_pki
 from clusterbook.kube.processes import ManagedProcess, find_free_ports, wait_for
-from clusterbook.kube.stages import render_stages
+from clusterbook.kube.stages import render_kwok_config
 from clusterbook.kube.toolchain import KubeBinaries
 from kubernetes import client as kube_client
 from kubernetes import config as kube_config
@@ -292,8 +292,8 @@ class ControlPlane:
             client=pki.scheduler,
             user="system:kube-scheduler",
         )
-        stages = work_dir / "kwok-stages.yaml"
-        stages.write_text(render_stages())
+        kwok_config = work_dir / "kwok.yaml"
+        kwok_config.write_text(render_kwok_config())
 
         etcd_url = f"http://127.0.0.1:{etcd_client}"
         self._launch(
@@ -379,7 +379,8 @@ class ControlPlane:
             "kwok",
             [
                 f"--kubeconfig={self.kubeconfig}",
-                f"--config={stages}",
+                f"--config={kwok_config}",
+                "--v=WARN",
                 f"--manage-nodes-with-annotation-selector={SIMULATED_NODE_ANNOTATION}=fake",
                 f"--cidr={POD_CIDR}",
                 f"--node-lease-duration-seconds={self.node_lease_s}",
