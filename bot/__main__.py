@@ -15,6 +15,7 @@ import os
 import sys
 
 import click
+
 from clusterbook.errors import ClusterbookError
 from clusterbook.logs import configure_service_logging
 from clusterbook.settings import Settings

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
 from clusterbook.errors import ConfigError
 
 logger = logging.getLogger(__name__)

@@ -21,6 +21,13 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import nbformat
+from slack_bolt import App, BoltRequest, BoltResponse
+from slack_bolt.authorization import AuthorizeResult
+from slack_bolt.authorization.authorize import Authorize
+from slack_bolt.context import BoltContext
+from slack_bolt.middleware import Middleware
+from slack_sdk import WebClient
+
 from clusterbook.archive.index import RunRecord
 from clusterbook.engine import Engine, read_outputs
 from clusterbook.errors import ClusterbookError, ConfigError
@@ -33,12 +40,6 @@ from clusterbook_bot.modals import CALLBACK_ID
 from clusterbook_bot.pending import PendingActions
 from clusterbook_bot.progress import ChannelWriter
 from clusterbook_bot.runner import RunDispatcher
-from slack_bolt import App, BoltRequest, BoltResponse
-from slack_bolt.authorization import AuthorizeResult
-from slack_bolt.authorization.authorize import Authorize
-from slack_bolt.context import BoltContext
-from slack_bolt.middleware import Middleware
-from slack_sdk import WebClient
 
 logger = logging.getLogger(__name__)
 

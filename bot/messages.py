@@ -320,12 +320,13 @@ def progress_blocks(
     steps already done."""
     icon = STATUS_ICON.get(status, "")
     stage_text = f"{escape(stage)} · " if stage else ""
-    where = f"step {step}/{total}: " if step else ""
-    lines = [
-        f"{icon} *{escape(title)}* – {escape(status)}",
-        f"`{progress_bar(max(step - 1, 0), total)}` {max(step - 1, 0)}/{total} steps done",
-        f"{stage_text}{where}{escape(heading) or 'starting…'}",
-    ]
+    lines = [f"{icon} *{escape(title)}* – {escape(status)}"]
+    if step:
+        done = step - 1
+        lines.append(f"`{progress_bar(done, total)}` {done}/{total} steps done")
+        lines.append(f"{stage_text}step {step}/{total}: {escape(heading)}")
+    else:
+        lines.append(f"{stage_text}{escape(heading) or 'starting…'}")
     run = f"run {code(run_id)} · " if run_id else ""
     return [section("\n".join(lines)), context_block(f"{run}requested by <@{escape(requester)}>")]
 

@@ -175,7 +175,4 @@ def _retry_after(exc: SlackApiError) -> float | None:
 
 
 def _error_name(exc: SlackApiError) -> str:
-    try:
-        return str(exc.response.get("error"))
-    except Exception:  # noqa: BLE001
-        return type(exc).__name__
+    return str(exc.response.get("error") or type(exc).__name__)

@@ -28,12 +28,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from slack_sdk import WebClient, WebhookClient
+from slack_sdk.errors import SlackApiError
+
 from clusterbook.engine import Engine, ProgressEvent
 from clusterbook.errors import ClusterbookError
 from clusterbook_bot import messages
 from clusterbook_bot.progress import ChannelWriter
-from slack_sdk import WebClient, WebhookClient
-from slack_sdk.errors import SlackApiError
 
 logger = logging.getLogger(__name__)
 

@@ -19,10 +19,11 @@ import threading
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from clusterbook_bot.app import BotService
 from gunicorn.app.base import BaseApplication
 from slack_bolt.adapter.socket_mode import SocketModeHandler
 from slack_bolt.adapter.wsgi import SlackRequestHandler
+
+from clusterbook_bot.app import BotService
 
 logger = logging.getLogger(__name__)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from clusterbook.errors import ConfigError
 from clusterbook_bot.access import AccessPolicy, parse_policy
 

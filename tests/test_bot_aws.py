@@ -8,6 +8,7 @@ from typing import Any
 
 import boto3
 import nbformat
+
 from clusterbook.archive.index import RunIndex
 from clusterbook.aws.tags import TAG_CLUSTER
 from clusterbook_bot.standin import SlackStandin

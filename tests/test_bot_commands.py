@@ -10,6 +10,7 @@ import time
 import urllib.request
 
 import pytest
+
 from clusterbook.archive.index import RunIndex
 from clusterbook_bot.commands import Command, CommandError, parse_command
 

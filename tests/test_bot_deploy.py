@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import yaml
+
 from clusterbook_bot.access import parse_policy
 from clusterbook_bot.config import BotConfig
 from fixtures.common import require

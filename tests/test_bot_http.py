@@ -13,6 +13,7 @@ from typing import Any
 
 import nbformat
 import pytest
+
 from clusterbook.archive.index import RunIndex
 from clusterbook_bot.standin import SlackStandin, StoredMessage
 

@@ -7,11 +7,12 @@ import json
 import time
 from pathlib import Path
 
+from slack_sdk import WebClient
+
 from clusterbook.archive.index import RunIndex
 from clusterbook_bot.progress import ChannelWriter
 from clusterbook_bot.standin import SlackStandin
 from fixtures.slack import BOT_TOKEN, make_test_runbooks, start_bot
-from slack_sdk import WebClient
 
 
 def wait_until_gone(pid: int | None, timeout: float = 20) -> None:
