@@ -20,9 +20,10 @@ import sys
 import time
 from pathlib import Path
 
+from kubernetes import client as kube_client
+
 from clusterbook.kube.controlplane import WORKER_ROLE, ControlPlane
 from clusterbook.kube.toolchain import default_cache_dir, locate_binaries
-from kubernetes import client as kube_client
 
 NAMESPACE = "bench"
 

@@ -9,11 +9,12 @@ import time
 from pathlib import Path
 
 import pytest
+from kubernetes import client as kube_client
+
 from clusterbook.errors import KubeError
 from clusterbook.kube.controlplane import ControlPlane, remove_stale_work_dirs
 from clusterbook.kube.processes import is_port_open
 from clusterbook.kube.toolchain import BINARY_NAMES, KubeBinaries
-from kubernetes import client as kube_client
 
 
 def _processes_mentioning(text: str) -> list[int]:

@@ -6,10 +6,11 @@ import ipaddress
 import stat
 from pathlib import Path
 
-from clusterbook.kube.pki import create_pki
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from clusterbook.kube.pki import create_pki
 
 
 def _load(path: Path) -> x509.Certificate:

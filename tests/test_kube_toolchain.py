@@ -8,6 +8,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+
 from clusterbook.errors import MissingComponentError
 from clusterbook.kube.toolchain import (
     TOOLCHAIN_DIR,

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+
 from clusterbook.kube.controlplane import ControlPlane
 
 NAMESPACE = "web"

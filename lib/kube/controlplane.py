@@ -32,15 +32,16 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
+from kubernetes import client as kube_client
+from kubernetes import config as kube_config
+from kubernetes.client.exceptions import ApiException
+
 from clusterbook.errors import KubeError
 from clusterbook.kube.kubeconfig import write_kubeconfig
 from clusterbook.kube.pki import ClusterPki, create_pki
 from clusterbook.kube.processes import ManagedProcess, find_free_ports, wait_for
 from clusterbook.kube.stages import render_kwok_config
 from clusterbook.kube.toolchain import KubeBinaries
-from kubernetes import client as kube_client
-from kubernetes import config as kube_config
-from kubernetes.client.exceptions import ApiException
 
 logger = logging.getLogger(__name__)
 
@@ -420,8 +421,14 @@ class ControlPlane:
             core = kube_client.CoreV1Api(api)
 
             def nodes_ready() -> bool:
+                try:
+                    nodes = core.list_node().items
+                except ApiException as exc:
+                    if exc.status and exc.status >= 500:
+                        return False  # still settling; wait_for gives up at its deadline
+                    raise KubeError(f"listing nodes failed: {exc.status} {exc.reason}") from exc
                 ready = 0
-                for node in core.list_node().items:
+                for node in nodes:
                     for condition in node.status.conditions or []:
                         if condition.type == "Ready" and condition.status == "True":
                             ready += 1

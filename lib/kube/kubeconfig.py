@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 
 import yaml
+
 from clusterbook.kube.pki import CertificateFiles
 
 
