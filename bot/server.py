@@ -29,6 +29,8 @@ logger = logging.getLogger(__name__)
 
 EVENTS_PATH = "/slack/events"
 HEALTH_PATH = "/healthz"
+#: Slack's requests are small forms; anything bigger is refused before it is read.
+MAX_BODY_BYTES = 1024 * 1024
 
 StartResponse = Callable[[str, list[tuple[str, str]]], Any]
 
@@ -44,10 +46,19 @@ class WsgiApp:
         path = environ.get("PATH_INFO") or "/"
         method = environ.get("REQUEST_METHOD") or "GET"
         if path == EVENTS_PATH and method == "POST":
+            if _content_length(environ) > MAX_BODY_BYTES:
+                return _plain(start_response, "413 Payload Too Large", "request too large")
             return self.slack(environ, start_response)
         if path == HEALTH_PATH and method == "GET":
             return _plain(start_response, "200 OK", "ok")
         return _plain(start_response, "404 Not Found", "not found")
+
+
+def _content_length(environ: dict[str, Any]) -> int:
+    try:
+        return int(environ.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        return MAX_BODY_BYTES + 1
 
 
 def _plain(start_response: StartResponse, status: str, text: str) -> list[bytes]:

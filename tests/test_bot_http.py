@@ -340,6 +340,11 @@ def test_cancel_stops_a_running_run(bot, slack_standin):
     )
     run_id = running[0].run_id
 
+    live = slack_standin.wait_for(
+        lambda s: [m for m in s.messages(channel) if "step 1/2: Sleep" in json.dumps(m.blocks)]
+    )
+    assert "0/2 steps done" in json.dumps(live[0].blocks)
+
     refused = slack.slash(f"cancel {run_id}", user="U0MALLORY")
     assert "not allowed" in refused.json()["text"]
     reply = slack.slash(f"cancel {run_id}")
@@ -437,3 +442,30 @@ def test_a_cluster_being_changed_refuses_a_second_change(bot, slack_standin):
     slack.slash(f"cancel {running[0].run_id}")
     assert "cancelled" in final_message(slack_standin, "C0BUSY").text
     assert "succeeded" in final_message(slack_standin, "C0IDLE").text
+
+
+def test_up_runs_the_pipeline_in_order_and_stops_at_the_first_failure(bot, slack_standin):
+    process, slack = bot
+    channel = "C0PIPE"
+
+    unknown = slack.slash("up pipe nosuch=1", channel=channel)
+    assert "no runbook of `up` takes 'nosuch'" in unknown.json()["text"]
+
+    reply = slack.slash("up pipe reason=pipeline seconds=0", channel=channel)
+    assert "`50_fail`, `51_sleep`" in reply.json()["text"]
+
+    message = final_message(slack_standin, channel)
+    assert message.text == "up pipe: failed"
+    assert "50_fail: Break things" in json.dumps(message.blocks)
+    runs = [r for r in index_of(process).list(limit=1000) if r.channel == channel]
+    assert [r.runbook for r in runs] == ["50_fail"]  # later runbooks never started
+    assert runs[0].params == {"reason": "pipeline"}
+
+
+def test_oversized_requests_are_refused_before_they_are_read(bot):
+    process, slack = bot
+    body = b"payload=" + b"x" * (2 * 1024 * 1024)
+
+    reply = slack.post(body, content_type="application/x-www-form-urlencoded")
+
+    assert reply.status == 413
