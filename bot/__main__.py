@@ -1,6 +1,6 @@
 """``clusterbook-bot``: start the Slack bot over HTTP or Socket Mode, or run the local demo.
 
-    clusterbook-bot http [--bind 127.0.0.1:3000] [--threads 8]
+    clusterbook-bot http [--bind 127.0.0.1:3000] [--threads 16]
     clusterbook-bot socket
     clusterbook-bot demo
 
