@@ -56,6 +56,7 @@ def assert_nothing_left(sandbox_dir: Path) -> None:
     )
     assert str(sandbox_dir) not in nspawns.stdout
     assert hosts.list_hosts(sandbox_dir) == []
+    assert not list(Path("/sys/fs/cgroup").glob("*/clusterbook")), "machine cgroups remain"
 
 
 def test_running_instance_boots_a_host_and_terminating_it_destroys_it(sandbox: Any) -> None:
@@ -82,8 +83,10 @@ def test_stopped_instance_is_powered_off_and_starts_again_with_its_disk(sandbox:
 
     sandbox.ec2.stop_instances(InstanceIds=[instance_id])
     wait_until(
-        lambda: host_state(sandbox, instance_id) == "powered-off"
-        and network.host_netns(instance_id) not in network.list_namespaces()
+        lambda: (
+            host_state(sandbox, instance_id) == "powered-off"
+            and network.host_netns(instance_id) not in network.list_namespaces()
+        )
     )
 
     sandbox.ec2.start_instances(InstanceIds=[instance_id])

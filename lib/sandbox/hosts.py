@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from clusterbook.errors import ClusterbookError, MissingComponentError
+from clusterbook.sandbox import cgroups
 from clusterbook.sandbox.image import DEFAULT_UID, DEFAULT_USER, BaseImage
 
 logger = logging.getLogger(__name__)
@@ -118,10 +119,12 @@ def boot_host(spec: HostSpec, *, image: BaseImage, sandbox_dir: Path, netns_path
     """
     _require_nspawn()
     folder = host_dir(sandbox_dir, spec.instance_id)
-    mount_overlay = (
+    launch = (
+        'for dir in $CLUSTERBOOK_CGROUPS; do echo $$ > "$dir/cgroup.procs" || exit 1; done; '
         'mount -t overlay overlay -o "lowerdir=$1,upperdir=$2,workdir=$3" "$4" || exit 1; '
         'shift 4; exec "$@"'
     )
+    cgroup_folders = cgroups.create_machine_cgroups(spec.instance_id)
     command = [
         "unshare",
         "--mount",
@@ -130,7 +133,7 @@ def boot_host(spec: HostSpec, *, image: BaseImage, sandbox_dir: Path, netns_path
         "--",
         "sh",
         "-c",
-        mount_overlay,
+        launch,
         "sh",
         str(image.rootfs),
         str(folder / "upper"),
@@ -159,6 +162,10 @@ def boot_host(spec: HostSpec, *, image: BaseImage, sandbox_dir: Path, netns_path
             stdout=console,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            env={
+                "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
+                "CLUSTERBOOK_CGROUPS": " ".join(str(f) for f in cgroup_folders),
+            },
         )
     record = {**asdict(spec), "pid": process.pid, "booted_at": time.time()}
     record["authorized_key"] = bool(spec.authorized_key)
@@ -202,6 +209,7 @@ def power_off_hosts(sandbox_dir: Path, instance_ids: list[str]) -> list[str]:
             running[instance_id] = pid
     stop_processes(list(running.values()), timeout_s=POWER_OFF_TIMEOUT_S)
     for instance_id in running:
+        cgroups.remove_machine_cgroups(instance_id)
         logger.info("host %s powered off", instance_id)
     return list(running)
 
@@ -209,6 +217,7 @@ def power_off_hosts(sandbox_dir: Path, instance_ids: list[str]) -> list[str]:
 def destroy_host(sandbox_dir: Path, instance_id: str) -> None:
     """Power the host off and delete its disk layer and published keys."""
     power_off_hosts(sandbox_dir, [instance_id])
+    cgroups.remove_machine_cgroups(instance_id)
     shutil.rmtree(host_dir(sandbox_dir, instance_id), ignore_errors=True)
     published_host_keys_path(sandbox_dir, instance_id).unlink(missing_ok=True)
     logger.info("host %s destroyed", instance_id)

@@ -70,20 +70,29 @@ UseDNS no
 CGROUP_SCRIPT = """\
 #!/bin/sh
 # Make the cgroup controllers writable inside this machine, as kind's node entrypoint does:
-# systemd-nspawn mounts them read-only; a fresh mount of the same hierarchy is writable.
+# systemd-nspawn mounts them read-only. For each one, mount the hierarchy afresh (writable)
+# aside, and bind this machine's own cgroup of it over the read-only mount; mounting on top
+# leaves no moment in which the path is missing.
 set -eu
 if [ "$(stat -f -c %T /sys/fs/cgroup)" = "cgroup2fs" ]; then
     mount -o remount,rw /sys/fs/cgroup
     exit 0
 fi
-mount -o remount,rw /sys/fs/cgroup
-awk '$9 == "cgroup" && $5 ~ "^/sys/fs/cgroup/" {print $5, $6, $11}' /proc/self/mountinfo |
+staging=/run/clusterbook-cgroups
+mkdir -p "$staging"
+awk '{
+    for (i = 7; i <= NF && $i != "-"; i++) ;
+    if ($(i + 1) == "cgroup" && $5 ~ "^/sys/fs/cgroup/") print $5, $6, $(i + 3)
+}' /proc/self/mountinfo |
 while read -r target mount_options super_options; do
-    case ",$super_options," in *,name=systemd,*) continue ;; esac
+    case ",$super_options," in *,name=*) continue ;; esac
     case ",$mount_options," in *,ro,*) ;; *) continue ;; esac
     controllers=$(echo "$super_options" | tr ',' '\\n' | grep -v -e '^rw$' -e '^ro$' | paste -sd, -)
-    umount "$target"
-    mount -t cgroup -o "$controllers" cgroup "$target"
+    own=$(awk -F: -v c="$controllers" '$2 == c {print $3}' /proc/self/cgroup)
+    mkdir -p "$staging/$controllers"
+    mount -t cgroup -o "$controllers" cgroup "$staging/$controllers"
+    mount --bind "$staging/$controllers$own" "$target"
+    umount "$staging/$controllers"
 done
 """
 
@@ -114,7 +123,7 @@ MASKED_UNITS = (
 )
 
 #: Bump when the customisation below changes in a way the recipe fields do not show.
-RECIPE_REVISION = 1
+RECIPE_REVISION = 2
 
 
 class ImageBuildError(ClusterbookError):

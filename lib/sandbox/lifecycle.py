@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from clusterbook.errors import ClusterbookError
-from clusterbook.sandbox import hosts, network
+from clusterbook.sandbox import cgroups, hosts, network
 from clusterbook.sandbox.daemon import state_path
 from clusterbook.sandbox.image import build_base_image
 from clusterbook.settings import Settings
@@ -221,6 +221,7 @@ def sweep_sandbox(folder: Path) -> list[str]:
         removed.append(f"host {instance_id}")
     shutil.rmtree(folder / "host-keys", ignore_errors=True)
 
+    removed.extend(cgroups.remove_all_machine_cgroups())
     removed.extend(network.destroy_vpc_network())
     path = state_path(folder)
     if path.exists():
