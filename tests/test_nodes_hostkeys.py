@@ -6,6 +6,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+
 from clusterbook.errors import HostError
 from clusterbook.nodes.hostkeys import (
     BEGIN_MARKER,

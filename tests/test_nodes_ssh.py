@@ -12,6 +12,7 @@ from typing import Any
 
 import paramiko
 import pytest
+
 from clusterbook.aws.inventory import Node
 from clusterbook.errors import HostError
 from clusterbook.nodes.ssh import NodeConnection, connect_inventory, node_address, run_on_nodes

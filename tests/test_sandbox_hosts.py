@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 import pytest
+
 from clusterbook.nodes.ssh import NodeConnection, connect_inventory, run_on_nodes
 
 

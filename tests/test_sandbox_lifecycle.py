@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from clusterbook.sandbox import hosts, network
 from clusterbook.sandbox.lifecycle import sandbox_down, sandbox_status, sandbox_up
 from fixtures.common import require_root

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from clusterbook.sandbox import network
 from fixtures.common import require, require_program, require_root
 

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from clusterbook.aws.inventory import read_inventory
 from clusterbook.nodes.ssh import connect_inventory, run_on_nodes
 from clusterbook.sandbox import hosts, network

@@ -8,6 +8,7 @@ import os
 from dataclasses import asdict
 
 import click
+
 from clusterbook.settings import Settings
 
 logger = logging.getLogger(__name__)

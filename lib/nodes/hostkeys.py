@@ -22,6 +22,7 @@ import logging
 from typing import Any
 
 import paramiko
+
 from clusterbook.errors import HostError
 from clusterbook.settings import Settings
 

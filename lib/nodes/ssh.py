@@ -25,12 +25,13 @@ from pathlib import Path
 from typing import Self
 
 import paramiko
+from fabric import Config, Connection
+from invoke.exceptions import CommandTimedOut
+
 from clusterbook.aws.inventory import Inventory, Node
 from clusterbook.errors import ConfigError, HostError
 from clusterbook.nodes.hostkeys import fetch_host_keys
 from clusterbook.settings import Settings
-from fabric import Config, Connection
-from invoke.exceptions import CommandTimedOut
 
 logger = logging.getLogger(__name__)
 

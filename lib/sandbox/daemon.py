@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import boto3
+
 from clusterbook.errors import ClusterbookError
 from clusterbook.sandbox import network
 from clusterbook.sandbox.image import find_cached_image

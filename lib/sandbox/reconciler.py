@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
+
 from clusterbook.errors import AwsError, ClusterbookError
 from clusterbook.sandbox import hosts, network
 from clusterbook.sandbox.image import BaseImage
