@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 
 from clusterbook.sandbox import hosts, network
-from clusterbook.sandbox.lifecycle import sandbox_down, sandbox_status, sandbox_up
+from clusterbook.sandbox.lifecycle import SandboxError, sandbox_down, sandbox_status, sandbox_up
+from clusterbook.settings import Settings
 from fixtures.common import require_root
 from fixtures.sandbox import default_subnet_id
 
@@ -117,6 +118,16 @@ def test_up_is_idempotent(sandbox: Any) -> None:
 
     assert again.pid == sandbox.status.pid
     assert again.endpoint_url == sandbox.status.endpoint_url
+
+
+def test_a_second_sandbox_elsewhere_is_refused(sandbox: Any, tmp_path: Path) -> None:
+    other = Settings(state_dir=tmp_path / "other", requester="tester")
+
+    with pytest.raises(SandboxError, match="another sandbox is running"):
+        sandbox_up(other, cache_dir=sandbox.cache_dir)
+
+    assert sandbox_status(sandbox.settings).running
+    assert network.VPC_NETNS in network.list_namespaces()
 
 
 def test_crashed_sandbox_is_cleaned_up_by_the_next_up_and_down_leaves_nothing(

@@ -99,6 +99,15 @@ def sandbox_up(settings: Settings, *, cache_dir: Path, cidr: str | None = None) 
         logger.info("sandbox already running (pid %s)", current.pid)
         return current
 
+    # The network names are machine-wide: a sandbox of another state directory owns them.
+    for other_pid, other_folder in find_sandbox_daemons():
+        if other_folder != str(folder):
+            raise SandboxError(
+                f"another sandbox is running (pid {other_pid}, state in {other_folder}); "
+                "only one sandbox can run on a machine",
+                hint="take it down first: clusterbook --state-dir "
+                f"{Path(other_folder).parent} sandbox down",
+            )
     raise_kernel_limits()
     removed = sweep_sandbox(folder)
     if removed:
@@ -134,6 +143,23 @@ def sandbox_up(settings: Settings, *, cache_dir: Path, cidr: str | None = None) 
     status = _wait_for_daemon(folder)
     status.config_file = write_settings_file(settings, status)
     return status
+
+
+def find_sandbox_daemons() -> list[tuple[int, str]]:
+    """Every running sandbox daemon on this machine, with the sandbox folder it serves."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            arguments = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
+        except OSError:
+            continue
+        if "clusterbook.sandbox.daemon" in arguments and "--sandbox-dir" in arguments:
+            position = arguments.index("--sandbox-dir") + 1
+            if position < len(arguments):
+                found.append((int(entry.name), arguments[position]))
+    return found
 
 
 def raise_kernel_limits() -> None:
