@@ -66,6 +66,7 @@ def http(verbose: bool, bind: str, threads: int) -> None:
     from clusterbook_bot.server import serve_http
 
     config, settings = _load()
+    _check(config, http=True)
 
     def build_service():  # runs in the gunicorn worker, after the fork
         from clusterbook_bot.app import BotService
@@ -82,8 +83,7 @@ def socket() -> None:
     from clusterbook_bot.server import serve_socket_mode
 
     config, settings = _load()
-    if not config.app_token:
-        _fail("Socket Mode needs the app-level token: set SLACK_APP_TOKEN or SLACK_APP_TOKEN_FILE")
+    _check(config, http=False, socket_mode=True)
     try:
         service = BotService(settings, config, http=False)
     except ClusterbookError as exc:
@@ -113,6 +113,13 @@ def _load() -> tuple[BotConfig, Settings]:
     except ClusterbookError as exc:
         _fail(str(exc))
         raise  # unreachable; keeps type checkers content
+
+
+def _check(config: BotConfig, *, http: bool, socket_mode: bool = False) -> None:
+    try:
+        config.check(http=http, socket_mode=socket_mode)
+    except ClusterbookError as exc:
+        _fail(str(exc))
 
 
 def _fail(message: str) -> None:

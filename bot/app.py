@@ -27,10 +27,11 @@ from slack_bolt.authorization.authorize import Authorize
 from slack_bolt.context import BoltContext
 from slack_bolt.middleware import Middleware
 from slack_sdk import WebClient
+from slack_sdk.errors import SlackApiError
 
 from clusterbook.archive.index import RunRecord
 from clusterbook.engine import Engine, read_outputs
-from clusterbook.errors import ClusterbookError, ConfigError
+from clusterbook.errors import ClusterbookError, ConfigError, ExternalServiceError
 from clusterbook.settings import Settings
 from clusterbook_bot import messages
 from clusterbook_bot.access import AccessPolicy
@@ -51,14 +52,7 @@ class BotService:
     """Everything the bot runs on, built once; ``start`` resumes queued runs."""
 
     def __init__(self, settings: Settings, config: BotConfig, *, http: bool) -> None:
-        if not config.bot_token:
-            raise ConfigError("no Slack bot token: set SLACK_BOT_TOKEN or SLACK_BOT_TOKEN_FILE")
-        if http and not config.signing_secret:
-            raise ConfigError(
-                "no signing secret: set SLACK_SIGNING_SECRET or SLACK_SIGNING_SECRET_FILE "
-                "(without it requests cannot be verified, so the bot refuses to serve HTTP)"
-            )
-
+        config.check(http=http)
         self.settings = settings
         self.config = config
         messages.register_secrets(config.secrets())
@@ -224,7 +218,18 @@ def _tell_privately(service: BotService, text: str, channel: str, user: str, rep
 
 def build_authorize(client: WebClient, token: str) -> FixedAuthorize:
     """One ``auth.test`` now; every request is then authorized from memory."""
-    info = client.auth_test(token=token)
+    try:
+        info = client.auth_test(token=token)
+    except SlackApiError as exc:
+        raise ConfigError(
+            f"Slack refused the bot token ({exc.response.get('error')})",
+            hint="check SLACK_BOT_TOKEN(_FILE): the app's Bot User OAuth Token, xoxb-…",
+        ) from exc
+    except OSError as exc:
+        raise ExternalServiceError(
+            f"cannot reach the Slack Web API at {client.base_url}: {exc}",
+            hint="check the network (or SLACK_API_URL); the bot retries when restarted",
+        ) from exc
     result = AuthorizeResult(
         enterprise_id=info.get("enterprise_id"),
         team_id=info.get("team_id"),

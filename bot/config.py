@@ -61,6 +61,21 @@ class BotConfig:
     access_file: Path | None = None
     workers: int = 2
 
+    def check(self, *, http: bool, socket_mode: bool = False) -> None:
+        """Refuse to start without the credentials the chosen transport needs."""
+        if not self.bot_token:
+            raise ConfigError("no Slack bot token: set SLACK_BOT_TOKEN or SLACK_BOT_TOKEN_FILE")
+        if http and not self.signing_secret:
+            raise ConfigError(
+                "no signing secret: set SLACK_SIGNING_SECRET or SLACK_SIGNING_SECRET_FILE "
+                "(without it requests cannot be verified, so the bot refuses to serve HTTP)"
+            )
+        if socket_mode and not self.app_token:
+            raise ConfigError(
+                "Socket Mode needs the app-level token: set SLACK_APP_TOKEN or "
+                "SLACK_APP_TOKEN_FILE (an xapp- token with the connections:write scope)"
+            )
+
     def secrets(self) -> list[str]:
         """The literal credential values, for the redactor."""
         return [s.reveal() for s in (self.bot_token, self.signing_secret, self.app_token) if s]

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import sys
 import threading
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -23,6 +24,7 @@ from gunicorn.app.base import BaseApplication
 from slack_bolt.adapter.socket_mode import SocketModeHandler
 from slack_bolt.adapter.wsgi import SlackRequestHandler
 
+from clusterbook.errors import ClusterbookError
 from clusterbook_bot.app import BotService
 
 logger = logging.getLogger(__name__)
@@ -31,6 +33,9 @@ EVENTS_PATH = "/slack/events"
 HEALTH_PATH = "/healthz"
 #: Slack's requests are small forms; anything bigger is refused before it is read.
 MAX_BODY_BYTES = 1024 * 1024
+
+#: The exit status by which a gunicorn worker tells the master it cannot boot.
+WORKER_BOOT_ERROR = 3
 
 StartResponse = Callable[[str, list[tuple[str, str]]], Any]
 
@@ -80,7 +85,12 @@ class GunicornServer(BaseApplication):
             self.cfg.set(key, value)
 
     def load(self) -> WsgiApp:
-        service = self.build_service()
+        try:
+            service = self.build_service()
+        except ClusterbookError as exc:
+            # gunicorn's "worker failed to boot": the master stops instead of retrying forever.
+            logger.error("cannot start the bot: %s", exc)
+            sys.exit(WORKER_BOOT_ERROR)
         service.start()
         logger.info("bot ready: HTTP requests to %s", EVENTS_PATH)
         return WsgiApp(service)
