@@ -63,14 +63,13 @@ def main(ctx: click.Context, verbose: bool) -> None:
 @click.pass_obj
 def http(verbose: bool, bind: str, threads: int) -> None:
     """Serve Slack's HTTP requests (slash commands, buttons, modals) with gunicorn."""
+    from clusterbook_bot.app import BotService
     from clusterbook_bot.server import serve_http
 
     config, settings = _load()
     _check(config, http=True)
 
-    def build_service():  # runs in the gunicorn worker, after the fork
-        from clusterbook_bot.app import BotService
-
+    def build_service() -> BotService:  # runs in the gunicorn worker, after the fork
         return BotService(settings, config, http=True)
 
     serve_http(build_service, bind=bind, threads=threads, log_level="debug" if verbose else "info")

@@ -21,9 +21,11 @@ message says which runbooks did not run.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,7 +33,7 @@ from typing import Any
 from slack_sdk import WebClient, WebhookClient
 from slack_sdk.errors import SlackApiError
 
-from clusterbook.engine import Engine, ProgressEvent
+from clusterbook.engine import CellError, Engine, ProgressEvent, RunResult
 from clusterbook.errors import ClusterbookError
 from clusterbook_bot import messages
 from clusterbook_bot.progress import ChannelWriter
@@ -110,12 +112,12 @@ class RunDispatcher:
             self._waiting += 1
         self._intake.submit(self._guard, self._intake_job, request)
 
-    def later(self, work: Any, *args: Any) -> None:
+    def later(self, work: Callable[..., None], *args: Any) -> None:
         """Run a small follow-up of a request (a modal, a notice) after the ack."""
         self._intake.submit(self._guard, work, *args)
 
     @staticmethod
-    def _guard(work: Any, *args: Any) -> None:
+    def _guard(work: Callable[..., None], *args: Any) -> None:
         try:
             work(*args)
         except Exception:
@@ -229,7 +231,7 @@ class RunDispatcher:
         for run_id, location in uploads:
             self._upload_notebook(job, run_id=run_id, location=location)
 
-    def _execute_stage(self, job: _Job, run_id: str) -> Any:
+    def _execute_stage(self, job: _Job, run_id: str) -> StageOutcome:
         def on_progress(event: ProgressEvent) -> None:
             if event.kind != "cell":
                 return
@@ -279,7 +281,7 @@ class RunDispatcher:
         status: str,
         outputs: dict[str, Any],
         links: list[str],
-        failure: tuple[Stage, Any] | None,
+        failure: tuple[Stage, StageOutcome] | None,
     ) -> None:
         request = job.request
         failed_step = None
@@ -394,29 +396,36 @@ class _NotStarted:
     status: str = "failed"
     outputs: dict[str, Any] = field(default_factory=dict)
     notebook_path: str | None = None
-    error: Any = None
+    error: CellError | None = None
 
 
-def _step_name(result: Any) -> str:
-    error = getattr(result, "error", None)
+#: How one runbook of a request ended: the engine's result, or why it never started.
+StageOutcome = RunResult | _NotStarted
+
+
+def _step_name(result: StageOutcome) -> str:
+    if result.error is not None:
+        return result.error.step_title or f"cell {result.error.cell_index}"
+    if isinstance(result, _NotStarted):
+        return result.message or result.status
+    return result.status
+
+
+def failure_details(result: StageOutcome, *, step: str) -> str:
+    """The thread reply for a failed runbook: step, error and a diagnostics excerpt (what the
+    runbook recorded as ``diagnostics``, else the end of the traceback)."""
+    error = result.error
     if error is None:
-        return getattr(result, "message", "") or result.status
-    step = getattr(error, "step_title", None)
-    return step or f"cell {error.cell_index}"
+        why = result.message if isinstance(result, _NotStarted) else ""
+        return messages.failure_text(step=step, ename=result.status, evalue=why, diagnostics="")
 
-
-def failure_details(result: Any, *, step: str) -> str:
-    error = getattr(result, "error", None)
-    if error is None:
-        return messages.failure_text(
-            step=step, ename=result.status, evalue=getattr(result, "message", ""), diagnostics=""
-        )
-    diagnostics = ""
-    outputs = getattr(result, "outputs", None) or {}
-    if "diagnostics" in outputs:
-        diagnostics = str(outputs["diagnostics"])
-    elif error.traceback:
-        diagnostics = "\n".join(str(error.traceback).splitlines()[-15:])
+    diagnostics = result.outputs.get("diagnostics")
+    if diagnostics is None:
+        excerpt = "\n".join(error.traceback.splitlines()[-15:])
+    elif isinstance(diagnostics, str):
+        excerpt = diagnostics
+    else:
+        excerpt = json.dumps(diagnostics, indent=1, ensure_ascii=False)
     return messages.failure_text(
-        step=step, ename=error.ename, evalue=error.evalue, diagnostics=diagnostics
+        step=step, ename=error.ename, evalue=error.evalue, diagnostics=excerpt
     )
