@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
+import tempfile
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -112,7 +114,9 @@ def _kernel_pid(manager: Any) -> int | None:
     return pid
 
 
-def _kernel_manager_for(env: dict[str, str], cwd: Path, handle: KernelHandle) -> type:
+def _kernel_manager_for(
+    env: dict[str, str], cwd: Path, sockets: Path, handle: KernelHandle
+) -> type:
     """A kernel manager class that starts the kernel with ``env`` in ``cwd`` and reports
     itself. (papermill's own ``cwd`` changes the whole process's directory, which threads
     running other runs would feel; the kernel's working directory is enough.)"""
@@ -122,7 +126,9 @@ def _kernel_manager_for(env: dict[str, str], cwd: Path, handle: KernelHandle) ->
             # Local IPC sockets, not TCP on loopback: nothing else on the machine can reach
             # the kernel, and ipykernel has no plain-text-transport warning to print.
             kwargs.setdefault("transport", "ipc")
-            kwargs.setdefault("ip", str(cwd / "kernel"))
+            # The sockets live in a short private folder: a Unix socket path is limited to
+            # 107 bytes, which a deep state directory would exceed.
+            kwargs.setdefault("ip", str(sockets / "k"))
             super().__init__(**kwargs)
             handle.manager = self
 
@@ -235,6 +241,7 @@ def execute(
             on_cell_start(event)
 
     exception: BaseException | None = None
+    sockets = Path(tempfile.mkdtemp(prefix="cb-kernel-"))
     notebook = None
     try:
         notebook = papermill.execute_notebook(
@@ -248,10 +255,12 @@ def execute(
             start_timeout=int(start_timeout_s),
             execution_timeout=int(cell_timeout_s) if cell_timeout_s else None,
             on_cell_start=track,
-            kernel_manager_class=_kernel_manager_for(env, cwd, handle),
+            kernel_manager_class=_kernel_manager_for(env, cwd, sockets, handle),
         )
     except Exception as exc:
         exception = exc
+    finally:
+        shutil.rmtree(sockets, ignore_errors=True)
 
     if notebook is None:
         notebook = _read_partial(output_path, fallback=input_path)
