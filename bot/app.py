@@ -36,8 +36,8 @@ from clusterbook.settings import Settings
 from clusterbook_bot import messages
 from clusterbook_bot.access import AccessPolicy
 from clusterbook_bot.config import BotConfig
-from clusterbook_bot.handlers import Handlers
-from clusterbook_bot.modals import CALLBACK_ID
+from clusterbook_bot.handlers import Handlers, Reply
+from clusterbook_bot.modals import CALLBACK_ID, ModalContext
 from clusterbook_bot.pending import PendingActions
 from clusterbook_bot.progress import ChannelWriter
 from clusterbook_bot.runner import RunDispatcher
@@ -159,6 +159,7 @@ def build_app(service: BotService, *, verify_requests: bool) -> App:
         user = str((body.get("user") or {}).get("id") or "")
         view = body.get("view") or {}
         try:
+            channel = ModalContext.load(str(view.get("private_metadata") or "")).channel
             errors, reply = handlers.answer_submission(
                 user=user,
                 private_metadata=str(view.get("private_metadata") or ""),
@@ -173,7 +174,7 @@ def build_app(service: BotService, *, verify_requests: bool) -> App:
             return
         ack()
         if reply is not None:
-            later(_tell_privately, service, reply.text, _channel_of(view), user, reply)
+            later(_tell_privately, service, reply, channel, user)
 
     @app.action(BUTTONS)
     def on_button(ack: Callable[..., None], body: dict[str, Any], respond: Any) -> None:
@@ -200,15 +201,9 @@ def build_app(service: BotService, *, verify_requests: bool) -> App:
     return app
 
 
-def _channel_of(view: dict[str, Any]) -> str:
-    from clusterbook_bot.modals import ModalContext
-
-    return ModalContext.load(str(view.get("private_metadata") or "")).channel
-
-
-def _tell_privately(service: BotService, text: str, channel: str, user: str, reply: Any) -> None:
+def _tell_privately(service: BotService, reply: Reply, channel: str, user: str) -> None:
     """After a modal closes: the reply as an ephemeral message, then its follow-up work."""
-    kwargs: dict[str, Any] = {"channel": channel, "user": user, "text": text}
+    kwargs: dict[str, Any] = {"channel": channel, "user": user, "text": reply.text}
     if reply.blocks:
         kwargs["blocks"] = reply.blocks
     service.client.chat_postEphemeral(**kwargs)
