@@ -1,9 +1,11 @@
 """What the bot answers to each command, button and form, before and after the ack.
 
-Everything that must happen before Slack's 3-second deadline is cheap and local: parse the
-text, check the access policy, look the runbook up in the (cached) catalogue, convert the
-parameters. The answer is a ``Reply``: the text of the ack, and optionally work to do after
-it (queue a run, open a modal, answer a button). No Slack value is ever evaluated.
+Everything that must happen before Slack's 3-second deadline is cheap: parse the text, check
+the access policy, look the runbook up in the (cached) catalogue, convert the parameters, read
+the run index. ``show`` and ``status`` also read one archived notebook for its outputs (a file,
+or one S3 GET when the archive is in S3). The answer is a ``Reply``: the text of the ack, and
+optionally work to do after it (queue a run, open a modal, answer a button). No Slack value is
+ever evaluated.
 """
 
 from __future__ import annotations
