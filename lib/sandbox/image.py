@@ -123,7 +123,7 @@ MASKED_UNITS = (
 )
 
 #: Bump when the customisation below changes in a way the recipe fields do not show.
-RECIPE_REVISION = 2
+RECIPE_REVISION = 3
 
 
 class ImageBuildError(ClusterbookError):
@@ -295,6 +295,7 @@ def customise_rootfs(rootfs: Path) -> None:
         key.unlink()
     (rootfs / "etc/machine-id").write_text("")
     (rootfs / "etc/hostname").write_text("localhost\n")
+    (rootfs / "etc/default/locale").write_text("LANG=C.UTF-8\n")  # as cloud images set it
     (rootfs / "etc/ssh/sshd_config.d/50-clusterbook.conf").write_text(SSHD_CONFIG)
 
     script = rootfs / "usr/local/sbin/clusterbook-cgroups-writable"
