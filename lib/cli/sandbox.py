@@ -31,10 +31,12 @@ def sandbox_group() -> None:
 @click.pass_obj
 def up_cmd(settings: Settings, cidr: str | None) -> None:
     """Start moto, the sandbox network and the host reconciler (idempotent)."""
-    from clusterbook.sandbox.image import default_cache_dir
+    from clusterbook.sandbox.image import default_cache_dir, find_cached_image
     from clusterbook.sandbox.lifecycle import sandbox_up
 
     cache_dir = default_cache_dir(os.environ)
+    if find_cached_image(cache_dir) is None:
+        click.echo(f"building the hosts' base image in {cache_dir} (about a minute, once)")
     status = sandbox_up(settings, cache_dir=cache_dir, cidr=cidr)
     click.echo(f"sandbox running (pid {status.pid})")
     click.echo(f"  EC2 endpoint  {status.endpoint_url}  region {status.region}")
