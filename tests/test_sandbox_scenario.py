@@ -1,6 +1,7 @@
 """The operator's path: ``clusterbook sandbox up``, ``clusterbook run 01_provision``, then the
-machines answer SSH at their inventory addresses, and ``clusterbook sandbox down`` leaves
-nothing. Everything through the command line, as a user types it."""
+machines answer SSH at their inventory addresses; ``04_teardown`` takes the machines away,
+and ``clusterbook sandbox down`` leaves nothing. Everything through the command line, as a
+user types it."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -45,7 +47,7 @@ def state_dir(sandbox_image: object, tmp_path: Path) -> Iterator[Path]:
     clusterbook(tmp_path / "state", "sandbox", "down")
 
 
-def test_sandbox_up_provision_ssh_down(state_dir: Path) -> None:
+def test_sandbox_up_provision_ssh_teardown_down(state_dir: Path) -> None:
     up = clusterbook(state_dir, "sandbox", "up")
     assert up.returncode == 0, up.stderr
     assert (state_dir / "clusterbook.toml").is_file()
@@ -66,6 +68,15 @@ def test_sandbox_up_provision_ssh_down(state_dir: Path) -> None:
 
     status = json.loads(clusterbook(state_dir, "sandbox", "status", "--json").stdout)
     assert status["running"] and len(status["hosts"]) == 2
+
+    teardown = clusterbook(
+        state_dir, "run", "04_teardown", "-p", "cluster=demo", "-p", "confirm=demo", "--quiet"
+    )
+    assert teardown.returncode == 0, teardown.stdout + teardown.stderr
+    deadline = time.monotonic() + 30
+    while hosts.list_hosts(state_dir / "sandbox"):
+        assert time.monotonic() < deadline, "terminated instances still have hosts"
+        time.sleep(0.2)
 
     down = clusterbook(state_dir, "sandbox", "down")
     assert down.returncode == 0 and "daemon" in down.stdout
