@@ -207,6 +207,11 @@ class Engine:
         """Execute a queued run to its end. Always archives and seals, whatever happens."""
         with run_id_scope(run_id):
             record = self.index.get(run_id)
+            if record.status != "queued":
+                raise UserInputError(
+                    f"run {run_id} cannot start: it is {record.status}",
+                    hint="start a new run instead",
+                )
             with self._guard:
                 values = self._pending.pop(run_id, None)
                 cancelled_early = run_id in self._cancelled
@@ -217,8 +222,11 @@ class Engine:
             if values is None:
                 values = self._values_from_record(book, record)
 
-            if not self.index.claim(run_id, pid=os.getpid(), pid_start=process_start_time(
-                    os.getpid())):
+            claimed = self.index.claim(
+                run_id, pid=os.getpid(), pid_start=process_start_time(os.getpid()),
+                instance=self.settings.instance_name,
+            )
+            if not claimed:
                 raise UserInputError(f"run {run_id} is not queued (it is {record.status})")
 
             lock = None
@@ -413,14 +421,12 @@ class Engine:
         A queued run whose creator died is resumed by the caller if its source is in
         ``resume_sources`` (the bot resumes Slack runs), otherwise sealed as interrupted.
         """
-        import socket
-
         import nbformat
 
         resume: list[str] = []
-        here = socket.gethostname()
+        here = self.settings.instance_name
         for record in self.index.unfinished():
-            if record.hostname not in (None, here):
+            if record.instance not in (None, here):
                 continue
             if process_alive(record.pid, record.pid_start):
                 continue

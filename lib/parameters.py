@@ -273,6 +273,8 @@ def _to_number(value: Any, kind: str, refuse) -> int | float:
     if kind == "float" and isinstance(value, (int, float)):
         return float(value)
     text = str(value).strip().replace("_", "")
+    if not text.isascii():
+        raise refuse(f"is not {'an integer' if kind == 'int' else 'a number'} (use digits 0-9)")
     try:
         return int(text, 10) if kind == "int" else float(text)
     except ValueError:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import getpass
 import os
+import socket
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,6 +59,10 @@ class Settings:
     run_timeout_s: float = 7200.0
     #: Who is asking, for the run record (CLI user by default).
     requester: str = field(default_factory=getpass.getuser)
+    #: Names this engine's machine in the run index; runs of a dead process are recovered
+    #: only by the same instance. Set it to a stable name where the host name changes on
+    #: every restart (a Kubernetes pod).
+    instance_name: str = field(default_factory=socket.gethostname)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "state_dir", Path(self.state_dir).expanduser())

@@ -156,3 +156,43 @@ def test_context_file_holds_no_secret(engine, monkeypatch):
     text = Path(result.record.notebook_url).read_text()
     assert "wJalrXUtnFEMI" not in text
     assert json.loads(Path(result.record.record_url).read_text())["run_id"] == result.run_id
+
+
+def test_a_sealed_run_cannot_be_executed_again(engine):
+    from clusterbook.errors import UserInputError
+
+    record = engine.prepare("10_succeeds", {}, requester="t", source="cli")
+    engine.cancel(record.run_id)
+    with pytest.raises(UserInputError, match="it is cancelled"):
+        engine.execute(record.run_id)
+
+
+def test_a_zombie_process_counts_as_dead():
+    import os
+    import subprocess
+
+    from clusterbook.archive.index import process_alive, process_start_time
+
+    child = subprocess.Popen(["true"])
+    start = process_start_time(child.pid)
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{child.pid}/stat").read_text().split(") ")[1][0] != "Z":
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    assert not process_alive(child.pid, start)
+    assert process_alive(os.getpid(), process_start_time(os.getpid()))
+    child.wait()
+    assert not process_alive(child.pid, start)
+
+
+def test_runs_of_another_instance_are_left_to_it(engine_settings):
+    import dataclasses
+
+    other = Engine(dataclasses.replace(engine_settings, instance_name="pod-a"))
+    record = other.prepare("10_succeeds", {}, requester="t", source="cli")
+    other.index.claim(record.run_id, pid=999_999_999, pid_start=None, instance="pod-a")
+
+    assert Engine(dataclasses.replace(engine_settings, instance_name="pod-b")).recover() == []
+    assert other.index.get(record.run_id).status == "running"
+    other.recover()
+    assert other.index.get(record.run_id).status == "interrupted"

@@ -42,6 +42,7 @@ def test_text_is_parsed_into_declared_types(typed):
     (["count=three"], "is not an integer"),
     (["count=9"], "above the maximum 5"),
     (["count=-1"], "below the minimum 0"),
+    (["count=\u0663"], "use digits 0-9"),
     (["ratio=lots"], "is not a number"),
     (["enabled=maybe"], "is not a yes/no value"),
     (["mode=reckless"], "is not one of fast, safe"),

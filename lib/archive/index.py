@@ -17,8 +17,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
-import socket
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -76,7 +74,7 @@ class RunRecord:
     outputs_sha256: str | None = None
     pid: int | None = None
     pid_start: str | None = None
-    hostname: str | None = None
+    instance: str | None = None
     work_path: str | None = None
     chain_seq: int | None = None
     prev_hash: str | None = None
@@ -164,13 +162,17 @@ class RunIndex:
         if cursor.rowcount != 1:
             raise ArchiveError(f"run {run_id} is not in the index or is already sealed")
 
-    def claim(self, run_id: str, *, pid: int, pid_start: str | None) -> bool:
-        """Move a queued run to running for this process; False if someone else took it."""
+    def claim(self, run_id: str, *, pid: int, pid_start: str | None, instance: str) -> bool:
+        """Move a queued run to running for this process; False if someone else took it.
+
+        ``instance`` names the engine's machine (or pod), so that only the same instance
+        decides later whether this pid is gone.
+        """
         with self._connect() as db:
             cursor = db.execute(
                 "UPDATE runs SET status = 'running', started_at = ?, pid = ?, pid_start = ?, "
-                "hostname = ? WHERE run_id = ? AND status = 'queued'",
-                [utc_now(), pid, pid_start, socket.gethostname(), run_id],
+                "instance = ? WHERE run_id = ? AND status = 'queued'",
+                [utc_now(), pid, pid_start, instance, run_id],
             )
         return cursor.rowcount == 1
 
@@ -281,12 +283,17 @@ def process_start_time(pid: int) -> str | None:
 
 
 def process_alive(pid: int | None, start: str | None) -> bool:
+    """True if ``pid`` still runs and is the process that started at ``start``.
+
+    A zombie (exited, not yet reaped by its parent) counts as dead: it runs nothing.
+    """
     if not pid:
         return False
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
         return False
-    except PermissionError:
-        return True
-    return start is None or process_start_time(pid) == start
+    fields = stat.rsplit(")", 1)[1].split()
+    if fields[0] in ("Z", "X"):
+        return False
+    return start is None or fields[19] == start
