@@ -118,7 +118,8 @@ def test_deployment_runs_three_pods_on_simulated_workers(nginx: ControlPlane) ->
 
     workers = {name for name in nginx.node_names if name.startswith("worker-")}
     assert {pod["spec"]["nodeName"] for pod in pods} <= workers
-    assert all(pod["status"]["podIP"] for pod in pods)
+    assert all(len(pod["status"]["podIPs"]) == 1 for pod in pods)
+    assert len({pod["status"]["podIP"] for pod in pods}) == 3
     deployment = _get(nginx, "deployment", "nginx", "-n", NAMESPACE)
     assert deployment["status"]["readyReplicas"] == 3
 
