@@ -13,6 +13,7 @@ from clusterbook.errors import MissingComponentError
 from clusterbook.kube.toolchain import (
     TOOLCHAIN_DIR,
     KubeBinaries,
+    build_binaries,
     locate_binaries,
     read_pinned_versions,
 )
@@ -94,3 +95,16 @@ def test_etcd_and_kwok_report_their_pinned_versions(kube_binaries: KubeBinaries)
         kube_binaries.path("etcd"), "--version"
     )
     assert versions.kwok.removeprefix("v") in _output(kube_binaries.path("kwok"), "--version")
+
+
+def test_build_without_go_names_what_to_install(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    empty = tmp_path / "empty-path"
+    empty.mkdir()
+    monkeypatch.setenv("PATH", str(empty))
+
+    with pytest.raises(MissingComponentError) as caught:
+        build_binaries(tmp_path)
+    assert "install Go >= " in str(caught.value)
+    assert not (tmp_path / "kube").exists()

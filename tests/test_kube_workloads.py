@@ -168,3 +168,21 @@ def test_scale_up_to_five_and_back_to_three(nginx: ControlPlane) -> None:
     assert len(_wait_for_pods(nginx, 3)) == 3
     deployment = _get(nginx, "deployment", "nginx", "-n", NAMESPACE)
     assert deployment["spec"]["replicas"] == 3
+
+
+def test_job_pod_completes(control_plane: ControlPlane) -> None:
+    control_plane.run_kubectl("create", "namespace", "batch")
+    try:
+        control_plane.run_kubectl(
+            "create", "job", "once", "-n", "batch", "--image=busybox:1.36", "--", "true"
+        )
+        control_plane.run_kubectl(
+            "wait", "--for=condition=Complete", "job/once", "-n", "batch", "--timeout=60s"
+        )
+
+        pods = _get(control_plane, "pods", "-n", "batch", "-l", "job-name=once")["items"]
+        assert [pod["status"]["phase"] for pod in pods] == ["Succeeded"]
+        job = _get(control_plane, "job", "once", "-n", "batch")
+        assert job["status"]["succeeded"] == 1
+    finally:
+        control_plane.run_kubectl("delete", "namespace", "batch", "--wait=false")
