@@ -42,6 +42,7 @@ from clusterbook.kube.pki import ClusterPki, create_pki
 from clusterbook.kube.processes import ManagedProcess, find_free_ports, wait_for
 from clusterbook.kube.stages import render_kwok_config
 from clusterbook.kube.toolchain import KubeBinaries
+from clusterbook.redact import redact_text
 
 logger = logging.getLogger(__name__)
 
@@ -140,7 +141,8 @@ class ControlPlane:
     ) -> subprocess.CompletedProcess[str]:
         """Run the built kubectl against this control plane; KubeError on a non-zero exit."""
         argv = [str(self.kubectl), f"--kubeconfig={self.kubeconfig}", *args]
-        logger.debug("kubectl %s", " ".join(args))
+        # Arguments may carry secrets; redact the kinds we recognise (join tokens, keys).
+        logger.debug("kubectl %s", redact_text(" ".join(args)))
         result = subprocess.run(
             argv,
             input=input_text,
@@ -151,8 +153,10 @@ class ControlPlane:
         )
         if result.returncode != 0:
             raise KubeError(
-                f"kubectl {' '.join(args)} failed with status {result.returncode}: "
-                f"{result.stderr.strip()[-1500:]}"
+                redact_text(
+                    f"kubectl {' '.join(args)} failed with status {result.returncode}: "
+                    f"{result.stderr.strip()[-1500:]}"
+                )
             )
         return result
 
