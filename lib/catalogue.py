@@ -13,8 +13,8 @@ import ast
 import io
 import logging
 import re
-import tokenize
 import threading
+import tokenize
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path

@@ -467,7 +467,9 @@ def classify(execution: Execution, redactor: Redactor) -> tuple[str, CellError |
 
     if execution.stopped_because in ("cancelled", "timed-out"):
         status = execution.stopped_because
-        why = "cancelled on request" if status == "cancelled" else "the run went over its time limit"
+        why = (
+            "cancelled on request" if status == "cancelled" else "the run went over its time limit"
+        )
         return status, error_at(execution.current_cell, status, why)
     if exc is None:
         return "succeeded", None

@@ -112,8 +112,8 @@ def render_text(name: str, value: Any, *, title: str | None = None) -> str:
     columns = list(dict.fromkeys(key for row in value for key in row))
     cells = [[str(row.get(col, "")) for col in columns] for row in value]
     widths = [max(len(col), *(len(r[i]) for r in cells)) for i, col in enumerate(columns)]
-    lines = [heading, "  ".join(col.ljust(w) for col, w in zip(columns, widths))]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in cells]
+    lines = [heading, "  ".join(col.ljust(w) for col, w in zip(columns, widths, strict=True))]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in cells]
     return "\n".join(lines)
 
 

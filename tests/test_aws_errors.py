@@ -22,8 +22,8 @@ from clusterbook.aws.images import resolve_image
 from clusterbook.aws.provision import provision_cluster
 from clusterbook.aws.session import make_clients
 from clusterbook.aws.validate import validate_cluster_spec
-from clusterbook.settings import Settings
 from clusterbook.errors import AwsError
+from clusterbook.settings import Settings
 from fixtures.aws import REGION
 
 

@@ -43,7 +43,9 @@ class AuditReport:
         return not self.findings
 
 
-def verify_archive(index: RunIndex, store: ArchiveStore, *, check_files: bool = True) -> AuditReport:
+def verify_archive(
+    index: RunIndex, store: ArchiveStore, *, check_files: bool = True
+) -> AuditReport:
     """Walk the chain in order and check every record and file."""
     findings: list[Finding] = []
     records = index.sealed_in_order()

@@ -218,7 +218,9 @@ class RunIndex:
                 ).fetchall()
                 row = matches[0] if len(matches) == 1 and len(run_id) >= 4 else None
         if row is None:
-            raise RunNotFound(f"no run with id {run_id!r}", hint="list runs with `clusterbook runs`")
+            raise RunNotFound(
+                f"no run with id {run_id!r}", hint="list runs with `clusterbook runs`"
+            )
         return _from_row(row)
 
     def list(
