@@ -8,6 +8,9 @@
     recover()  after a crash: runs whose process died become "interrupted", with whatever
                partial notebook they left archived
 
+``CellError`` and ``read_outputs`` (from ``clusterbook.outcome``) are part of this module's
+interface too.
+
 Statuses: succeeded, failed (a cell raised, the kernel died, or the notebook called
 ``sys.exit`` with a non-zero code), timed-out (a cell or the whole run went over its limit),
 cancelled, interrupted (the process running it died).
@@ -34,12 +37,13 @@ from clusterbook.archive.index import RunIndex, RunRecord, process_alive, proces
 from clusterbook.archive.stores import open_store
 from clusterbook.catalogue import Catalogue, Runbook
 from clusterbook.errors import ClusterbookError, UserInputError
-from clusterbook.execution import CellStart, Execution, KernelHandle, execute
+from clusterbook.execution import CellStart, KernelHandle, execute
 from clusterbook.locks import acquire_cluster_lock
 from clusterbook.logs import run_id_scope
-from clusterbook.notebook import CONTEXT_ENV, OUTPUT_MIME
+from clusterbook.notebook import CONTEXT_ENV
+from clusterbook.outcome import CellError, classify, read_outputs
 from clusterbook.parameters import ParameterSet
-from clusterbook.redact import Redactor, strip_ansi
+from clusterbook.redact import Redactor
 from clusterbook.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -71,23 +75,6 @@ class ProgressEvent:
         if self.kind == "finished":
             return 1.0
         return self.cell_index / self.cell_total if self.cell_total else 0.0
-
-
-@dataclass(frozen=True)
-class CellError:
-    """The cell that failed and why, with a plain-text (ANSI-free, redacted) traceback."""
-
-    cell_index: int | None
-    exec_count: int | None
-    ename: str
-    evalue: str
-    traceback: str
-    step_title: str = ""
-
-    def summary(self) -> str:
-        where = f"cell {self.cell_index}" if self.cell_index is not None else "the run"
-        step = f" ({self.step_title})" if self.step_title else ""
-        return f"{self.ename} in {where}{step}: {self.evalue}"
 
 
 @dataclass
@@ -450,75 +437,6 @@ class Engine:
                                        duration=0.0, work=work)
                 logger.warning("run %s marked interrupted: %s", record.run_id, why)
         return resume
-
-
-def classify(execution: Execution, redactor: Redactor) -> tuple[str, CellError | None]:
-    """The run's status and error from how its execution ended."""
-    from nbclient.exceptions import CellTimeoutError, DeadKernelError
-    from papermill.exceptions import PapermillExecutionError
-
-    exc = execution.exception
-    steps = _step_titles(execution.notebook)
-
-    def error_at(index: int | None, ename: str, evalue: str, tb: str = "") -> CellError:
-        title = steps[index] if index is not None and index < len(steps) else ""
-        return CellError(index, None, ename, redactor.text(strip_ansi(evalue)),
-                         redactor.text(strip_ansi(tb)), title)
-
-    if execution.stopped_because in ("cancelled", "timed-out"):
-        status = execution.stopped_because
-        why = (
-            "cancelled on request" if status == "cancelled" else "the run went over its time limit"
-        )
-        return status, error_at(execution.current_cell, status, why)
-    if exc is None:
-        return "succeeded", None
-    if isinstance(exc, PapermillExecutionError):
-        tb = "\n".join(exc.traceback or [])
-        error = error_at(exc.cell_index, exc.ename, exc.evalue, tb)
-        error = CellError(error.cell_index, exc.exec_count, error.ename, error.evalue,
-                          error.traceback, error.step_title)
-        if exc.ename == "SystemExit" and exc.evalue.strip() in ("", "0", "None"):
-            return "succeeded", None
-        return "failed", error
-    if isinstance(exc, CellTimeoutError):
-        _mark_cell_failed(execution.notebook, execution.current_cell, "timed-out")
-        return "timed-out", error_at(execution.current_cell, "CellTimeoutError", str(exc))
-    if isinstance(exc, DeadKernelError):
-        return "failed", error_at(execution.current_cell, "DeadKernelError",
-                                  "the kernel died while running this cell")
-    return "failed", error_at(execution.current_cell, type(exc).__name__, str(exc))
-
-
-def _mark_cell_failed(nb: Any, index: int | None, why: str) -> None:
-    """papermill leaves a timed-out notebook looking successful; say the truth in it."""
-    nb.metadata.setdefault("papermill", {})["exception"] = True
-    if index is None or index >= len(nb.cells):
-        return
-    meta = nb.cells[index].metadata.setdefault("papermill", {})
-    meta["status"] = "failed"
-    meta["exception"] = True
-    nb.cells[index].metadata["clusterbook"] = {"ended": why}
-
-
-def _step_titles(nb: Any) -> list[str]:
-    from clusterbook.execution import outline_steps
-
-    return [step.title for step in outline_steps(nb)]
-
-
-def read_outputs(nb: Any) -> dict[str, Any]:
-    """The values the notebook stored with ``record()``, later ones winning."""
-    outputs: dict[str, Any] = {}
-    for cell in nb.cells:
-        for output in cell.get("outputs", []):
-            data = output.get("data", {})
-            if OUTPUT_MIME in data:
-                payload = data[OUTPUT_MIME]
-                if isinstance(payload, str):
-                    payload = json.loads(payload)
-                outputs[payload["name"]] = payload["value"]
-    return outputs
 
 
 def new_run_id() -> str:
