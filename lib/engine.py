@@ -336,6 +336,7 @@ class Engine:
         notes: list[str] = []
         record.status = status
         record.ended_at = _now()
+        notebook.cells.insert(0, run_banner(record, error))
         record.error_summary = redactor.text(error.summary()) if error else None
         record.failing_cell = error.cell_index if error else None
         record.runbooks_commit = runbooks_commit(self.settings.runbooks_dir)
@@ -437,6 +438,26 @@ class Engine:
                                        duration=0.0, work=work)
                 logger.warning("run %s marked interrupted: %s", record.run_id, why)
         return resume
+
+
+def run_banner(record: RunRecord, error: CellError | None) -> Any:
+    """A first cell for readers of the archive: which run this was and how it ended."""
+    import nbformat
+
+    lines = [
+        f"**clusterbook run `{record.run_id}`** — `{record.runbook}` — **{record.status}**",
+        "",
+        f"- requested by {record.requester} via {record.source}"
+        + (f" in {record.channel}" if record.channel else ""),
+    ]
+    if record.approved_by:
+        lines.append(f"- approved by {record.approved_by}")
+    lines.append(f"- started {record.started_at or record.created_at}, ended {record.ended_at}")
+    if error is not None:
+        lines.append(f"- error: {error.summary()}")
+    cell = nbformat.v4.new_markdown_cell("\n".join(lines))
+    cell.metadata["tags"] = ["clusterbook-run-banner"]
+    return cell
 
 
 def new_run_id() -> str:

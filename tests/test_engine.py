@@ -35,6 +35,10 @@ def test_success_records_outputs_progress_and_archive(engine):
     assert "<html" in Path(record.html_url).read_text().lower()
     archived = _archived(result)
     assert archived.metadata["clusterbook"]["run"]["status"] == "succeeded"
+    banner = archived.cells[0]
+    assert banner.metadata["tags"] == ["clusterbook-run-banner"]
+    assert result.run_id in banner.source and "**succeeded**" in banner.source
+    assert "requested by ada via cli" in banner.source
     assert record.chain_seq == 1 and record.record_hash
 
 
@@ -44,6 +48,7 @@ def test_raising_cell_fails_with_cell_error_and_clean_traceback(engine):
     assert result.status == "failed"
     assert result.error.ename == "ValueError" and result.error.evalue == "disk full"
     assert result.error.step_title == "Fail"
+    assert "error: ValueError in cell" in _archived(result).cells[0].source
     assert "\x1b[" not in result.error.traceback and "ValueError" in result.error.traceback
     assert result.outputs == {"before": True}
     assert "ValueError in cell" in result.record.error_summary
@@ -60,7 +65,9 @@ def test_cell_time_out_is_timed_out_not_success(engine_settings):
     assert result.error.ename == "CellTimeoutError" and result.error.step_title == "Sleep"
     archived = _archived(result)
     assert archived.metadata["papermill"]["exception"] is True
-    assert archived.cells[result.error.cell_index].metadata["papermill"]["status"] == "failed"
+    failed = [c for c in archived.cells
+              if c.metadata.get("papermill", {}).get("status") == "failed"]
+    assert len(failed) == 1 and "time.sleep(seconds)" in failed[0].source
     assert result.outputs == {"started": True}
 
 
