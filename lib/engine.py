@@ -205,9 +205,13 @@ class Engine:
             if cancelled_early:
                 self._finish_unstarted(record, "cancelled", "cancelled before it started")
                 return self._result_of(self.index.get(run_id), None, {}, 0.0)
-            book = self.catalogue.get(record.runbook)
-            if values is None:
-                values = self._values_from_record(book, record)
+            try:
+                book = self.catalogue.get(record.runbook)
+                if values is None:
+                    values = self._values_from_record(book, record)
+            except ClusterbookError as exc:
+                self._finish_unstarted(record, "failed", str(exc))
+                raise
 
             claimed = self.index.claim(
                 run_id, pid=os.getpid(), pid_start=process_start_time(os.getpid()),
@@ -229,6 +233,12 @@ class Engine:
 
             try:
                 return self._execute_claimed(book, self.index.get(run_id), values, on_progress)
+            except BaseException as exc:
+                # Whatever broke in the engine itself, the run still ends with a record.
+                current = self.index.get(run_id)
+                if not current.finished:
+                    self._finish_unstarted(current, "failed", f"engine error: {exc!r}")
+                raise
             finally:
                 if lock is not None:
                     lock.release()

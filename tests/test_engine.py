@@ -203,3 +203,37 @@ def test_runs_of_another_instance_are_left_to_it(engine_settings):
     assert other.index.get(record.run_id).status == "running"
     other.recover()
     assert other.index.get(record.run_id).status == "interrupted"
+
+
+def test_a_runbook_gone_before_execution_still_ends_with_a_record(engine_settings, tmp_path):
+    import dataclasses
+    import shutil
+
+    from clusterbook.errors import RunbookNotFound
+
+    folder = tmp_path / "runbooks"
+    folder.mkdir()
+    shutil.copy(engine_settings.runbooks_dir / "10_succeeds.ipynb", folder)
+    engine = Engine(dataclasses.replace(engine_settings, runbooks_dir=folder))
+    record = engine.prepare("10_succeeds", {}, requester="t", source="slack")
+    (folder / "10_succeeds.ipynb").unlink()
+
+    with pytest.raises(RunbookNotFound):
+        engine.execute(record.run_id)
+    sealed = engine.index.get(record.run_id)
+    assert sealed.status == "failed" and "no runbook named" in sealed.error_summary
+    assert sealed.record_hash and Path(sealed.notebook_url).is_file()
+
+
+def test_an_engine_failure_mid_run_still_ends_with_a_record(engine, monkeypatch):
+    import clusterbook.engine as engine_module
+
+    def broken(*args, **kwargs):
+        raise OSError("disk vanished")
+
+    monkeypatch.setattr(engine_module, "execute", broken)
+    record = engine.prepare("10_succeeds", {}, requester="t", source="cli")
+    with pytest.raises(OSError):
+        engine.execute(record.run_id)
+    sealed = engine.index.get(record.run_id)
+    assert sealed.status == "failed" and "disk vanished" in sealed.error_summary
