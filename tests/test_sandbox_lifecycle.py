@@ -16,8 +16,7 @@ from typing import Any
 import pytest
 
 from clusterbook.sandbox import hosts, network
-from clusterbook.sandbox.lifecycle import SandboxError, sandbox_down, sandbox_status, sandbox_up
-from clusterbook.settings import Settings
+from clusterbook.sandbox.lifecycle import sandbox_down, sandbox_status, sandbox_up
 from fixtures.common import require_root
 from fixtures.sandbox import default_subnet_id
 
@@ -48,8 +47,10 @@ def host_state(sandbox: Any, instance_id: str) -> str | None:
 
 
 def assert_nothing_left(sandbox_dir: Path) -> None:
-    assert network.list_namespaces() == []
-    assert network.list_root_links() == []
+    """Nothing of this sandbox is left (another sandbox on the machine is not looked at)."""
+    names = network.SandboxNames.for_folder(sandbox_dir)
+    assert network.list_namespaces(names) == []
+    assert network.list_root_links(names) == []
     assert hosts.find_sandbox_processes(sandbox_dir) == []
     mounts = Path("/proc/self/mountinfo").read_text()
     assert str(sandbox_dir) not in mounts
@@ -58,7 +59,8 @@ def assert_nothing_left(sandbox_dir: Path) -> None:
     )
     assert str(sandbox_dir) not in nspawns.stdout
     assert hosts.list_hosts(sandbox_dir) == []
-    assert not list(Path("/sys/fs/cgroup").glob("*/clusterbook")), "machine cgroups remain"
+    cgroups_left = list(Path("/sys/fs/cgroup").glob(f"*/clusterbook/{names.sandbox_id}"))
+    assert not cgroups_left, "machine cgroups remain"
 
 
 def test_running_instance_boots_a_host_and_terminating_it_destroys_it(sandbox: Any) -> None:
@@ -69,7 +71,8 @@ def test_running_instance_boots_a_host_and_terminating_it_destroys_it(sandbox: A
     sandbox.ec2.terminate_instances(InstanceIds=[doomed])
 
     wait_until(lambda: host_state(sandbox, doomed) is None)
-    assert network.host_netns(doomed) not in network.list_namespaces()
+    names = network.SandboxNames.for_folder(folder)
+    assert names.host_netns(doomed) not in network.list_namespaces(names)
     assert not hosts.published_host_keys_path(folder, doomed).exists()
     assert not any(doomed in " ".join(map(str, p)) for p in _nspawn_command_lines())
     assert host_state(sandbox, kept) == "running"
@@ -81,13 +84,14 @@ def test_stopped_instance_is_powered_off_and_starts_again_with_its_disk(sandbox:
     wait_until(lambda: host_state(sandbox, instance_id) == "running")
     hosts.wait_for_ssh(instance["PrivateIpAddress"], timeout_s=30)
     folder = sandbox.status.sandbox_dir
+    names = network.SandboxNames.for_folder(folder)
     keys_before = hosts.published_host_keys_path(folder, instance_id).read_text()
 
     sandbox.ec2.stop_instances(InstanceIds=[instance_id])
     wait_until(
         lambda: (
             host_state(sandbox, instance_id) == "powered-off"
-            and network.host_netns(instance_id) not in network.list_namespaces()
+            and names.host_netns(instance_id) not in network.list_namespaces(names)
         )
     )
 
@@ -118,16 +122,6 @@ def test_up_is_idempotent(sandbox: Any) -> None:
 
     assert again.pid == sandbox.status.pid
     assert again.endpoint_url == sandbox.status.endpoint_url
-
-
-def test_a_second_sandbox_elsewhere_is_refused(sandbox: Any, tmp_path: Path) -> None:
-    other = Settings(state_dir=tmp_path / "other", requester="tester")
-
-    with pytest.raises(SandboxError, match="another sandbox is running"):
-        sandbox_up(other, cache_dir=sandbox.cache_dir)
-
-    assert sandbox_status(sandbox.settings).running
-    assert network.VPC_NETNS in network.list_namespaces()
 
 
 def test_crashed_sandbox_is_cleaned_up_by_the_next_up_and_down_leaves_nothing(

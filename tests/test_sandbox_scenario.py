@@ -19,7 +19,6 @@ from clusterbook.aws.inventory import read_inventory
 from clusterbook.nodes.ssh import connect_inventory, run_on_nodes
 from clusterbook.sandbox import hosts, network
 from clusterbook.settings import Settings
-from fixtures.common import require
 from fixtures.sandbox import require_sandbox_tools
 
 
@@ -41,8 +40,6 @@ def clusterbook(state_dir: Path, *args: str) -> subprocess.CompletedProcess[str]
 @pytest.fixture
 def state_dir(sandbox_image: object, tmp_path: Path) -> Iterator[Path]:
     require_sandbox_tools()
-    leftovers = network.list_namespaces() + network.list_root_links()
-    require(not leftovers, f"no other sandbox running (found {', '.join(leftovers)})")
     yield tmp_path / "state"
     clusterbook(tmp_path / "state", "sandbox", "down")
 
@@ -80,7 +77,8 @@ def test_sandbox_up_provision_ssh_teardown_down(state_dir: Path) -> None:
 
     down = clusterbook(state_dir, "sandbox", "down")
     assert down.returncode == 0 and "daemon" in down.stdout
-    assert network.list_namespaces() == [] and network.list_root_links() == []
+    names = network.SandboxNames.for_folder(state_dir / "sandbox")
+    assert network.list_namespaces(names) == [] and network.list_root_links(names) == []
     assert hosts.find_sandbox_processes(state_dir / "sandbox") == []
     again = clusterbook(state_dir, "sandbox", "down")
     assert "nothing to do" in again.stdout

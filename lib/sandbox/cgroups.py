@@ -7,10 +7,14 @@ systemd on this machine to ask for a scope) would put all of them in one shared
 ``/system.slice/<unit>`` cgroups under each other, and units fail at random with "Failed to
 attach to cgroup … No such file or directory" once several machines boot at once.
 
-So before ``systemd-nspawn`` starts, its process moves into ``<hierarchy>/clusterbook/<instance
-id>`` of every cgroup hierarchy except two: ``memory``, because whoever runs us may hold this
-process to a memory limit that a move would escape; and ``cpuset``, because a new cpuset
-cgroup has no CPUs until configured. Machines stay in our own cgroup there.
+So before ``systemd-nspawn`` starts, its process moves into ``<hierarchy>/clusterbook/<sandbox
+id>/<instance id>`` of every cgroup hierarchy except two: ``memory``, because whoever runs us
+may hold this process to a memory limit that a move would escape; and ``cpuset``, because a
+new cpuset cgroup has no CPUs until configured. Machines stay in our own cgroup there.
+
+The sandbox id level (``clusterbook.sandbox.network.sandbox_id``) keeps sandboxes that run
+side by side apart: a sandbox's clean-up removes its own cgroups only, and the shared
+``clusterbook`` folder only once no sandbox has one left.
 """
 
 from __future__ import annotations
@@ -41,31 +45,34 @@ def machine_hierarchies() -> list[Path]:
     return found
 
 
-def create_machine_cgroups(instance_id: str) -> list[Path]:
+def create_machine_cgroups(instance_id: str, *, sandbox_id: str) -> list[Path]:
     """Create the machine's cgroups; returns the folders to write its pid into."""
-    folders = [hierarchy / GROUP / instance_id for hierarchy in machine_hierarchies()]
+    folders = [hierarchy / GROUP / sandbox_id / instance_id for hierarchy in machine_hierarchies()]
     for folder in folders:
         folder.mkdir(parents=True, exist_ok=True)
     return folders
 
 
-def remove_machine_cgroups(instance_id: str) -> None:
+def remove_machine_cgroups(instance_id: str, *, sandbox_id: str) -> None:
     """Remove the machine's cgroups and whatever its systemd made below them (once empty)."""
     for hierarchy in machine_hierarchies():
-        _remove_tree(hierarchy / GROUP / instance_id)
+        _remove_tree(hierarchy / GROUP / sandbox_id / instance_id)
 
 
-def remove_all_machine_cgroups() -> list[str]:
-    """Remove every machine cgroup of ours; returns the ones removed."""
+def remove_sandbox_cgroups(sandbox_id: str) -> list[str]:
+    """Remove every machine cgroup of one sandbox (no other sandbox's); returns the ones
+    removed. The shared top folder goes too once it is empty."""
     removed = []
     for hierarchy in machine_hierarchies():
         top = hierarchy / GROUP
-        if not top.is_dir():
-            continue
-        for folder in sorted(p for p in top.iterdir() if p.is_dir()):
-            _remove_tree(folder)
-            removed.append(f"cgroup {folder}")
-        _remove_tree(top)
+        ours = top / sandbox_id
+        if ours.is_dir():
+            for folder in sorted(p for p in ours.iterdir() if p.is_dir()):
+                _remove_tree(folder)
+                removed.append(f"cgroup {folder}")
+            _remove_tree(ours)
+        if top.is_dir() and not any(p.is_dir() for p in top.iterdir()):
+            _rmdir(top)
     return removed
 
 

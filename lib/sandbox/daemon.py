@@ -4,8 +4,8 @@
 ``python -m clusterbook.sandbox.daemon --sandbox-dir DIR ...``; the folder on its command
 line is how a later ``down`` finds it even when ``state.json`` is gone. It writes
 ``DIR/state.json`` once everything is up, reconciles until SIGTERM or SIGINT, then destroys
-every host, removes the network and stops moto (a child tied to it: moto also exits if this
-process dies).
+every host, removes its own network (``network.SandboxNames``: never another sandbox's) and
+stops moto (a child tied to it: moto also exits if this process dies).
 """
 
 from __future__ import annotations
@@ -58,12 +58,13 @@ def serve(*, sandbox_dir: Path, cache_dir: Path, region: str, cidr: str) -> None
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
 
+    names = network.SandboxNames.for_folder(sandbox_dir)
     moto = start_moto_server(log_path=sandbox_dir / "moto.log")
     reconciler = None
     try:
         ec2 = sandbox_ec2_client(moto.endpoint_url, region)
         vpc_id = prepare_sandbox_vpc(ec2, cidr=cidr)
-        network.create_vpc_network(cidr)
+        network.create_vpc_network(cidr, names=names)
         reconciler = Reconciler(ec2=ec2, image=image, sandbox_dir=sandbox_dir, cidr=cidr)
         write_state(
             sandbox_dir,
@@ -74,6 +75,7 @@ def serve(*, sandbox_dir: Path, cache_dir: Path, region: str, cidr: str) -> None
             region=region,
             cidr=cidr,
             gateway=network.gateway_address(cidr),
+            sandbox_id=names.sandbox_id,
             vpc_id=vpc_id,
             image=str(image.rootfs),
             started_at=time.time(),
@@ -84,7 +86,7 @@ def serve(*, sandbox_dir: Path, cache_dir: Path, region: str, cidr: str) -> None
         logger.info("sandbox going down")
         if reconciler is not None:
             reconciler.destroy_all()
-        network.destroy_vpc_network()
+        network.destroy_vpc_network(names)
         moto.stop()
         write_state(sandbox_dir, status="stopped", pid=os.getpid(), stopped_at=time.time())
 

@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from clusterbook.errors import ClusterbookError, MissingComponentError
-from clusterbook.sandbox import cgroups
+from clusterbook.sandbox import cgroups, network
 from clusterbook.sandbox.image import DEFAULT_UID, DEFAULT_USER, BaseImage
 
 logger = logging.getLogger(__name__)
@@ -124,7 +124,9 @@ def boot_host(spec: HostSpec, *, image: BaseImage, sandbox_dir: Path, netns_path
         'mount -t overlay overlay -o "lowerdir=$1,upperdir=$2,workdir=$3" "$4" || exit 1; '
         'shift 4; exec "$@"'
     )
-    cgroup_folders = cgroups.create_machine_cgroups(spec.instance_id)
+    cgroup_folders = cgroups.create_machine_cgroups(
+        spec.instance_id, sandbox_id=network.sandbox_id(sandbox_dir)
+    )
     command = [
         "unshare",
         "--mount",
@@ -209,7 +211,7 @@ def power_off_hosts(sandbox_dir: Path, instance_ids: list[str]) -> list[str]:
             running[instance_id] = pid
     stop_processes(list(running.values()), timeout_s=POWER_OFF_TIMEOUT_S)
     for instance_id in running:
-        cgroups.remove_machine_cgroups(instance_id)
+        cgroups.remove_machine_cgroups(instance_id, sandbox_id=network.sandbox_id(sandbox_dir))
         logger.info("host %s powered off", instance_id)
     return list(running)
 
@@ -217,7 +219,7 @@ def power_off_hosts(sandbox_dir: Path, instance_ids: list[str]) -> list[str]:
 def destroy_host(sandbox_dir: Path, instance_id: str) -> None:
     """Power the host off and delete its disk layer and published keys."""
     power_off_hosts(sandbox_dir, [instance_id])
-    cgroups.remove_machine_cgroups(instance_id)
+    cgroups.remove_machine_cgroups(instance_id, sandbox_id=network.sandbox_id(sandbox_dir))
     shutil.rmtree(host_dir(sandbox_dir, instance_id), ignore_errors=True)
     published_host_keys_path(sandbox_dir, instance_id).unlink(missing_ok=True)
     logger.info("host %s destroyed", instance_id)

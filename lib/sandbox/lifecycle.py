@@ -1,10 +1,17 @@
 """``sandbox up``, ``status`` and ``down``: the sandbox as a whole, for the CLI and tests.
 
 Everything the sandbox owns lives in ``<state dir>/sandbox/`` (daemon state and logs, host
-layers, published host keys) plus the network namespaces and the one root veth named
-``cbsb*``. ``up`` starts the daemon (see ``clusterbook.sandbox.daemon``) and writes the
-settings file that points the product at it; ``down`` stops it and then sweeps whatever a
-crashed sandbox might have left, so a second ``down`` finds nothing to do.
+layers, published host keys) plus its network namespaces, its one root veth and its machine
+cgroups, all named with the sandbox's id (``cbsb-<id>-*``, see
+``clusterbook.sandbox.network.SandboxNames``). ``up`` starts the daemon (see
+``clusterbook.sandbox.daemon``) and writes the settings file that points the product at it;
+``down`` stops it and then sweeps whatever a crashed sandbox might have left, so a second
+``down`` finds nothing to do.
+
+Sandboxes of different state directories run side by side: each has its own names, its own
+moto and its own VPC range, and a sweep touches only its own sandbox's things. Starts are
+taken one at a time on the machine (a lock file), so two sandboxes starting at once cannot
+pick the same free range.
 
 The settings file is ``<state dir>/clusterbook.toml`` (read by ``Settings.load``), unless
 that file exists and is not ours: then ``up`` leaves it alone and the caller shows the
@@ -13,6 +20,8 @@ equivalent ``CLUSTERBOOK_*`` variables instead.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -20,6 +29,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,6 +48,8 @@ KERNEL_LIMITS = {
     "fs/inotify/max_user_watches": 524288,
 }
 CONFIG_MARKER = "# Written by `clusterbook sandbox up`; removed by `clusterbook sandbox down`."
+#: Held from choosing a VPC range until the daemon has routed it (machine-wide).
+START_LOCK = Path("/run/lock/clusterbook-sandbox-up.lock")
 
 
 class SandboxError(ClusterbookError):
@@ -78,7 +90,8 @@ class SandboxStatus:
 
 
 def sandbox_dir_for(settings: Settings) -> Path:
-    return settings.state_dir / "sandbox"
+    # Absolute: the daemon runs in "/", and the sandbox id is a hash of this path.
+    return settings.state_dir.absolute() / "sandbox"
 
 
 def require_root() -> None:
@@ -99,21 +112,44 @@ def sandbox_up(settings: Settings, *, cache_dir: Path, cidr: str | None = None) 
         logger.info("sandbox already running (pid %s)", current.pid)
         return current
 
-    # The network names are machine-wide: a sandbox of another state directory owns them.
+    names = network.SandboxNames.for_folder(folder)
     for other_pid, other_folder in find_sandbox_daemons():
-        if other_folder != str(folder):
+        other = Path(other_folder)
+        if other != folder and network.sandbox_id(other) == names.sandbox_id:
             raise SandboxError(
-                f"another sandbox is running (pid {other_pid}, state in {other_folder}); "
-                "only one sandbox can run on a machine",
-                hint="take it down first: clusterbook --state-dir "
-                f"{Path(other_folder).parent} sandbox down",
+                f"the sandbox of {other_folder} (pid {other_pid}) has the same short id "
+                f"{names.sandbox_id} as this one, so their network names would clash",
+                hint=f"use another state directory, or take that one down first: clusterbook "
+                f"--state-dir {other.parent} sandbox down",
             )
     raise_kernel_limits()
     removed = sweep_sandbox(folder)
     if removed:
         logger.info("cleaned up after a previous sandbox: %s", ", ".join(removed))
     image = build_base_image(cache_dir=cache_dir)
-    cidr = cidr or network.choose_vpc_cidr()
+
+    with _start_lock():
+        status = _start_daemon(settings, folder=folder, names=names, cache_dir=cache_dir, cidr=cidr)
+    logger.info(
+        "sandbox %s running (image %s, VPC %s)", names.sandbox_id, image.recipe_hash, status.cidr
+    )
+    status.config_file = write_settings_file(settings, status)
+    return status
+
+
+def _start_daemon(
+    settings: Settings,
+    *,
+    folder: Path,
+    names: network.SandboxNames,
+    cache_dir: Path,
+    cidr: str | None,
+) -> SandboxStatus:
+    """Choose a free VPC range (or check the one asked for) and start the daemon on it."""
+    if cidr:
+        network.choose_vpc_cidr((cidr,), own_link=names.root_link)
+    else:
+        cidr = network.choose_vpc_cidr(own_link=names.root_link)
 
     folder.mkdir(parents=True, exist_ok=True)
     command = [
@@ -138,11 +174,8 @@ def sandbox_up(settings: Settings, *, cache_dir: Path, cidr: str | None = None) 
             start_new_session=True,
             cwd="/",
         )
-    logger.info("sandbox starting (image %s, VPC %s)", image.recipe_hash, cidr)
-
-    status = _wait_for_daemon(folder)
-    status.config_file = write_settings_file(settings, status)
-    return status
+    logger.info("sandbox %s starting (VPC %s)", names.sandbox_id, cidr)
+    return _wait_for_daemon(folder)
 
 
 def find_sandbox_daemons() -> list[tuple[int, str]]:
@@ -232,7 +265,8 @@ def sandbox_down(settings: Settings) -> list[str]:
 
 
 def sweep_sandbox(folder: Path) -> list[str]:
-    """Remove every process, mount, host, namespace and link of ours that is left over."""
+    """Remove every process, mount, host, cgroup, namespace and link of this sandbox that is
+    left over; another sandbox's are never touched."""
     removed = []
     leftovers = hosts.find_sandbox_processes(folder)
     hosts.stop_processes(leftovers, timeout_s=hosts.POWER_OFF_TIMEOUT_S)
@@ -247,8 +281,8 @@ def sweep_sandbox(folder: Path) -> list[str]:
         removed.append(f"host {instance_id}")
     shutil.rmtree(folder / "host-keys", ignore_errors=True)
 
-    removed.extend(cgroups.remove_all_machine_cgroups())
-    removed.extend(network.destroy_vpc_network())
+    removed.extend(cgroups.remove_sandbox_cgroups(network.sandbox_id(folder)))
+    removed.extend(network.destroy_vpc_network(network.SandboxNames.for_folder(folder)))
     path = state_path(folder)
     if path.exists():
         path.unlink()
@@ -292,6 +326,17 @@ def _wait_for_daemon(folder: Path) -> SandboxStatus:
     tail = _log_tail(folder / "daemon.log")
     sweep_sandbox(folder)
     raise SandboxError(f"the sandbox did not start; last lines of {folder / 'daemon.log'}:\n{tail}")
+
+
+@contextlib.contextmanager
+def _start_lock() -> Iterator[None]:
+    START_LOCK.parent.mkdir(parents=True, exist_ok=True)
+    with open(START_LOCK, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _read_state(folder: Path) -> dict[str, object]:

@@ -100,6 +100,7 @@ class Reconciler:
         self.image = image
         self.sandbox_dir = sandbox_dir
         self.cidr = cidr
+        self.names = network.SandboxNames.for_folder(sandbox_dir)
         self._warned: set[str] = set()
         #: Boots since the instance last entered a running state; a machine that keeps
         #: dying is not booted forever.
@@ -156,7 +157,7 @@ class Reconciler:
         stopped = hosts.power_off_hosts(self.sandbox_dir, to_power_off + to_destroy)
         for instance_id in to_power_off:
             if instance_id in stopped:
-                network.detach_host(instance_id)
+                network.detach_host(instance_id, names=self.names)
                 report.powered_off.append(instance_id)
         for instance_id in to_destroy:
             self._destroy(instance_id)
@@ -188,14 +189,14 @@ class Reconciler:
         )
         hosts.prepare_host(spec, image=self.image, sandbox_dir=self.sandbox_dir)
         netns_path = network.attach_host(
-            instance_id=instance_id, address=spec.private_ip, cidr=self.cidr
+            names=self.names, instance_id=instance_id, address=spec.private_ip, cidr=self.cidr
         )
         hosts.boot_host(spec, image=self.image, sandbox_dir=self.sandbox_dir, netns_path=netns_path)
 
     def _destroy(self, instance_id: str) -> None:
         # Machine first, then its network, then its folder: the folder is what `status` shows.
         hosts.power_off_hosts(self.sandbox_dir, [instance_id])
-        network.detach_host(instance_id)
+        network.detach_host(instance_id, names=self.names)
         hosts.destroy_host(self.sandbox_dir, instance_id)
 
     def _refusal(self, instance_id: str, address: str, seen: dict[str, str]) -> str | None:
