@@ -9,6 +9,10 @@ here=$(cd "$(dirname "$0")" && pwd)
 export CLUSTERBOOK_REPO=$(cd "$here/.." && pwd)
 export CLUSTERBOOK_CACHE=${CLUSTERBOOK_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/clusterbook}
 mkdir -p "$CLUSTERBOOK_CACHE"
+# Go's usual install place, for shells whose PATH does not carry it (a bare CI environment).
+if ! command -v go >/dev/null 2>&1 && [ -x /usr/local/go/bin/go ]; then
+  export PATH="$PATH:/usr/local/go/bin"
+fi
 
 for step in "$here"/setup.d/*.sh; do
   name=$(basename "$step" .sh)
