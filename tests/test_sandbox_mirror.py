@@ -19,12 +19,9 @@ import pytest
 from clusterbook.kube.toolchain import KubeBinaries, default_cache_dir
 from clusterbook.nodes.ssh import NodeConnection, connect_inventory
 from clusterbook.sandbox import mirror as mirror_module
-from clusterbook.sandbox.mirror import Mirror, build_mirror
-from clusterbook.sandbox.mirror_server import apt_source_entry, serve_mirror
+from clusterbook.sandbox.mirror import Mirror, MirrorError, build_mirror
+from clusterbook.sandbox.mirror_server import host_setup_script, serve_mirror
 from fixtures.common import require_program, require_root
-
-KEYRING = "/etc/apt/keyrings/clusterbook-mirror.asc"
-SOURCES = "/etc/apt/sources.list.d/clusterbook-mirror.list"
 
 
 @pytest.fixture(scope="module")
@@ -174,24 +171,31 @@ def test_server_serves_the_tree_on_its_one_address_and_stops(mirror: Mirror) -> 
         urllib.request.urlopen(f"{server.url}/dists/stable/Release", timeout=2)
 
 
+def test_host_setup_trusts_the_key_for_this_source_only(mirror: Mirror) -> None:
+    script = host_setup_script("http://10.0.0.1:8080", public_key_text=mirror.public_key_text)
+
+    assert mirror.public_key_text.strip() in script
+    assert (
+        "deb [arch=amd64 signed-by=/etc/apt/keyrings/clusterbook-mirror.asc] "
+        "http://10.0.0.1:8080 stable main" in script
+    )
+    assert "/etc/apt/trusted.gpg" not in script
+    with pytest.raises(MirrorError):
+        host_setup_script("http://10.0.0.1:8080", public_key_text="-----BEGIN PGP PRIVATE KEY")
+
+
 @pytest.fixture(scope="module")
 def host(sandbox: Any, sandbox_cluster: Any, mirror: Mirror) -> Iterator[NodeConnection]:
-    """The first node of a sandbox cluster, trusting the mirror's key and no apt source."""
+    """The first node of a sandbox cluster."""
     (connection, *others) = connect_inventory(sandbox.settings, sandbox_cluster)
     for other in others:
         other.close()
-    connection.run(
-        "rm -f /etc/apt/sources.list /etc/apt/sources.list.d/* && "
-        f"mkdir -p /etc/apt/keyrings && cat > {KEYRING} <<'EOF'\n{mirror.public_key_text}EOF",
-        sudo=True,
-    )
     yield connection
     connection.close()
 
 
-def point_apt_at(host: NodeConnection, url: str) -> None:
-    entry = apt_source_entry(url, keyring_path=KEYRING)
-    host.run(f"printf '%s' '{entry}' > {SOURCES} && rm -rf /var/lib/apt/lists/*", sudo=True)
+def point_apt_at(host: NodeConnection, url: str, mirror: Mirror) -> None:
+    host.run(host_setup_script(url, public_key_text=mirror.public_key_text), sudo=True)
 
 
 def test_host_refuses_a_mirror_whose_release_was_tampered_with(
@@ -205,7 +209,7 @@ def test_host_refuses_a_mirror_whose_release_was_tampered_with(
         path.write_text(path.read_text().replace("Label: clusterbook", "Label: somebody"))
 
     with serve_mirror(copy, address=sandbox.status.gateway) as server:
-        point_apt_at(host, server.url)
+        point_apt_at(host, server.url, mirror)
         update = host.run("apt-get update", sudo=True, check=False, timeout_s=120)
         policy = host.run("apt-cache policy kubeadm", check=False).stdout
 
@@ -219,7 +223,7 @@ def test_host_installs_kubernetes_node_packages_from_the_signed_mirror(
 ) -> None:
     started = time.monotonic()
     with serve_mirror(mirror.root, address=sandbox.status.gateway) as server:
-        point_apt_at(host, server.url)
+        point_apt_at(host, server.url, mirror)
         host.run("apt-get update", sudo=True, timeout_s=120)
         host.run(
             "DEBIAN_FRONTEND=noninteractive apt-get install -y -q "

@@ -3,7 +3,8 @@
 A threaded static file server bound to exactly one address: the sandbox's gateway
 (``SandboxStatus.gateway``, the root namespace's side of the VPC, the one address the hosts
 reach), or 127.0.0.1 without a sandbox. It serves only the mirror's ``repo`` folder, never the
-cache around it where the signing key lives. ``apt_source_entry`` is the apt line a host needs.
+cache around it where the signing key lives. ``apt_source_entry`` is the apt line a host needs
+and ``host_setup_script`` the shell script (run as root on the host) that trusts the mirror.
 """
 
 from __future__ import annotations
@@ -18,6 +19,9 @@ from pathlib import Path
 from clusterbook.sandbox.mirror import ARCHITECTURE, COMPONENT, SUITE, MirrorError
 
 logger = logging.getLogger(__name__)
+
+KEYRING_PATH = "/etc/apt/keyrings/clusterbook-mirror.asc"
+SOURCES_PATH = "/etc/apt/sources.list.d/clusterbook-mirror.list"
 
 
 @dataclass
@@ -73,6 +77,25 @@ def apt_source_entry(url: str, *, keyring_path: str) -> str:
     """The one-line apt source for the mirror at ``url``, trusting only the key at
     ``keyring_path`` on the host."""
     return f"deb [arch={ARCHITECTURE} signed-by={keyring_path}] {url} {SUITE} {COMPONENT}\n"
+
+
+def host_setup_script(url: str, *, public_key_text: str, only_source: bool = True) -> str:
+    """Shell script (root, on a host) that trusts the mirror's key for the mirror alone and
+    adds its source; with ``only_source``, every other apt source is removed, as on a host
+    that must install from the mirror and nothing else. Old package lists are dropped."""
+    if "PUBLIC KEY BLOCK" not in public_key_text or "PRIVATE" in public_key_text:
+        raise MirrorError("host_setup_script takes the mirror's armored public key only")
+    entry = apt_source_entry(url, keyring_path=KEYRING_PATH)
+    remove = "rm -f /etc/apt/sources.list /etc/apt/sources.list.d/*\n" if only_source else ""
+    return (
+        "set -e\n"
+        f"{remove}"
+        "install -d -m 0755 /etc/apt/keyrings\n"
+        f"cat > {KEYRING_PATH} <<'CLUSTERBOOK_KEY'\n{public_key_text.strip()}\nCLUSTERBOOK_KEY\n"
+        f"chmod 0644 {KEYRING_PATH}\n"
+        f"printf '%s' '{entry}' > {SOURCES_PATH}\n"
+        "rm -rf /var/lib/apt/lists/*\n"
+    )
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
