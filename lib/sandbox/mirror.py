@@ -226,7 +226,7 @@ def build_mirror(
     base_image_hash: str,
     prerequisites: Sequence[str] = NODE_PREREQUISITES,
 ) -> Mirror:
-    """The signed mirror for these binaries and this base image: cached, else built (minutes).
+    """The signed mirror for these binaries and this base image: cached, else built (seconds).
 
     ``base_rootfs`` is the image the hosts boot: the Debian dependencies it already has are
     left out of the pool.
@@ -249,7 +249,7 @@ def build_mirror(
         if cached is not None:
             return cached
         started = time.monotonic()
-        logger.info("building the package mirror %s (a few minutes)", key)
+        logger.info("building the package mirror %s", key)
         work = Path(tempfile.mkdtemp(prefix=f"{key}.partial-", dir=mirror_dir))
         try:
             names = _build_into(

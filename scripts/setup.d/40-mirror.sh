@@ -15,23 +15,35 @@ if ! command -v apt-ftparchive >/dev/null; then
   apt-get update -q
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends apt-utils
 fi
-# The Debian packages are fetched with this machine's own apt sources; fresh lists first.
-apt-get update -q
-
 .venv/bin/python - <<'PY'
 import logging
 import os
+import subprocess
 
 from clusterbook.kube.toolchain import locate_binaries
 from clusterbook.sandbox.image import build_base_image, default_cache_dir
-from clusterbook.sandbox.mirror import build_mirror
+from clusterbook.sandbox.mirror import (
+    NODE_PREREQUISITES,
+    build_mirror,
+    find_cached_mirror,
+    mirror_key,
+)
 
 logging.basicConfig(level=logging.INFO, format="%(message)s")
 cache_dir = default_cache_dir(os.environ)
 image = build_base_image(cache_dir=cache_dir)
+binaries = locate_binaries(cache_dir)
+key = mirror_key(
+    kubernetes_version=binaries.versions.kubernetes,
+    prerequisites=NODE_PREREQUISITES,
+    base_image_hash=image.recipe_hash,
+)
+if find_cached_mirror(cache_dir, key) is None:
+    # The Debian packages come through this machine's own apt sources: fresh lists first.
+    subprocess.run(["apt-get", "update", "-q"], check=True)
 mirror = build_mirror(
     cache_dir=cache_dir,
-    binaries=locate_binaries(cache_dir),
+    binaries=binaries,
     base_rootfs=image.rootfs,
     base_image_hash=image.recipe_hash,
 )
