@@ -14,7 +14,7 @@ bin_dir=${1:?usage: build.sh BIN_DIR}
 source "$here/versions.env"
 
 if ! command -v go >/dev/null 2>&1; then
-  echo "error: Go is not installed; install Go >= $GO_MINIMUM (https://go.dev/doc/install," \
+  echo "error: Go is not installed; install Go >= $GO_MINIMUM (the official Go install guide," \
     "or the golang-go package if your distribution carries that version)" >&2
   exit 3
 fi

@@ -140,7 +140,8 @@ def build_binaries(cache_dir: Path, *, versions: PinnedVersions | None = None) -
     if shutil.which("go") is None:
         raise MissingComponentError(
             "Go is not installed; it is needed to build the Kubernetes binaries",
-            hint=f"install Go >= {versions.go_minimum} (https://go.dev/doc/install)",
+            hint=f"install Go >= {versions.go_minimum} (the official Go install guide, "
+            "or a distribution package of that version)",
         )
 
     logger.info("building Kubernetes binaries %s into %s", versions.key, bin_dir)
