@@ -49,7 +49,15 @@ write_module etcd clusterbook.local/toolchain/etcd \
 write_module kwok clusterbook.local/toolchain/kwok "sigs.k8s.io/kwok@$KWOK_VERSION" -- \
   sigs.k8s.io/kwok/cmd/kwok
 
-for dir in kubernetes etcd kwok; do
+# The image registry's tools (toolchain/build-registry.sh); toolchain/pause has no dependencies.
+write_module crane clusterbook.local/toolchain/crane \
+  "github.com/google/go-containerregistry@$CRANE_VERSION" -- \
+  github.com/google/go-containerregistry/cmd/crane
+
+write_module coredns clusterbook.local/toolchain/coredns \
+  "github.com/coredns/coredns@$COREDNS_VERSION" -- github.com/coredns/coredns
+
+for dir in kubernetes etcd kwok crane coredns; do
   (cd "$here/$dir" && go mod tidy)
   echo "pinned $dir: $(cd "$here/$dir" && go list -m all | wc -l) modules"
 done

@@ -1,0 +1,3 @@
+module clusterbook.local/toolchain/pause
+
+go 1.26.0
