@@ -72,6 +72,16 @@ def _cli_env(state: Path) -> dict[str, str]:
     }
 
 
+def _rows_if_ready(index: Path) -> list:
+    """The run rows, or none while the CLI is still creating the index file and its schema."""
+    if not index.exists():
+        return []
+    try:
+        return sqlite3.connect(index).execute("SELECT status, work_path FROM runs").fetchall()
+    except sqlite3.OperationalError:  # the file exists a moment before its table does
+        return []
+
+
 def test_killed_engine_leaves_an_interrupted_run_with_its_partial_notebook(tmp_path):
     state = tmp_path / "state"
     env = _cli_env(state)
@@ -83,12 +93,11 @@ def test_killed_engine_leaves_an_interrupted_run_with_its_partial_notebook(tmp_p
     deadline = time.monotonic() + 60
     work = None
     while time.monotonic() < deadline:
-        if index.exists():
-            rows = sqlite3.connect(index).execute("SELECT status, work_path FROM runs").fetchall()
-            if rows and rows[0][0] == "running" and rows[0][1] and Path(rows[0][1]).exists():
-                work = Path(rows[0][1])
-                if '"started"' in work.read_text():
-                    break
+        rows = _rows_if_ready(index)
+        if rows and rows[0][0] == "running" and rows[0][1] and Path(rows[0][1]).exists():
+            work = Path(rows[0][1])
+            if '"started"' in work.read_text():
+                break
         time.sleep(0.2)
     assert work is not None, "the run never started"
     proc.send_signal(signal.SIGKILL)
