@@ -43,7 +43,7 @@ from clusterbook.logs import run_id_scope
 from clusterbook.notebook import CONTEXT_ENV
 from clusterbook.outcome import CellError, classify, read_outputs
 from clusterbook.parameters import ParameterSet
-from clusterbook.redact import Redactor
+from clusterbook.redact import Redactor, is_marker
 from clusterbook.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -234,10 +234,16 @@ class Engine:
             try:
                 return self._execute_claimed(book, self.index.get(run_id), values, on_progress)
             except BaseException as exc:
-                # Whatever broke in the engine itself, the run still ends with a record.
+                # Whatever broke in the engine itself (or an operator's Ctrl-C), the run
+                # still ends with a record and whatever partial notebook it left.
                 current = self.index.get(run_id)
                 if not current.finished:
-                    self._finish_unstarted(current, "failed", f"engine error: {exc!r}")
+                    if isinstance(exc, KeyboardInterrupt):
+                        status, why = "interrupted", "interrupted by the operator (Ctrl-C)"
+                    else:
+                        status, why = "failed", f"engine error: {exc!r}"
+                    redactor = Redactor(values.secret_values())
+                    self._seal_partial(current, status=status, why=why, redactor=redactor)
                 raise
             finally:
                 if lock is not None:
@@ -419,8 +425,6 @@ class Engine:
         A queued run whose creator died is resumed by the caller if its source is in
         ``resume_sources`` (the bot resumes Slack runs), otherwise sealed as interrupted.
         """
-        import nbformat
-
         resume: list[str] = []
         here = self.settings.instance_name
         for record in self.index.unfinished():
@@ -433,21 +437,63 @@ class Engine:
                 continue
 
             with run_id_scope(record.run_id):
-                notebook = nbformat.v4.new_notebook()
-                if record.work_path and Path(record.work_path).is_file():
-                    try:
-                        notebook = nbformat.read(record.work_path, as_version=4)
-                    except (OSError, ValueError) as exc:
-                        logger.warning("partial notebook of %s unreadable: %s",
-                                       record.run_id, exc)
                 why = f"the process running it (pid {record.pid}) ended before the run did"
-                error = CellError(None, None, "Interrupted", why, "")
-                work = Path(record.work_path).parent if record.work_path else None
-                self._archive_and_seal(record, notebook, Redactor(), status="interrupted",
-                                       error=error, outputs=read_outputs(notebook),
-                                       duration=0.0, work=work)
+                self._seal_partial(record, status="interrupted", why=why, redactor=None)
                 logger.warning("run %s marked interrupted: %s", record.run_id, why)
         return resume
+
+
+    def _seal_partial(
+        self, record: RunRecord, *, status: str, why: str, redactor: Redactor | None
+    ) -> None:
+        """Seal a run that ended outside its notebook's own course, archiving the partial
+        notebook its work folder holds (if any). Without a ``redactor`` (the process that
+        knew the secret values is gone) they are read back from the partial notebook."""
+        import nbformat
+
+        notebook = None
+        if record.work_path and Path(record.work_path).is_file():
+            try:
+                notebook = nbformat.read(record.work_path, as_version=4)
+            except (OSError, ValueError) as exc:
+                logger.warning("partial notebook of %s unreadable: %s", record.run_id, exc)
+        if notebook is None:
+            notebook = nbformat.v4.new_notebook()
+            notebook.cells.append(nbformat.v4.new_markdown_cell(
+                f"# {record.runbook}: {status}\n\nNo partial notebook was left: {why}"
+            ))
+        if redactor is None:
+            redactor = Redactor(self._secret_values_in(record, notebook))
+
+        error = CellError(None, None, status.capitalize(), why, "")
+        work = Path(record.work_path).parent if record.work_path else None
+        self._archive_and_seal(
+            record, notebook, redactor, status=status, error=error,
+            outputs=redactor.value(read_outputs(notebook)), duration=0.0, work=work,
+        )
+
+    def _secret_values_in(self, record: RunRecord, notebook: Any) -> list[str]:
+        """The secret parameter values papermill injected into a partial notebook.
+
+        Secret names come from the runbook (if it is still there) and from the record, whose
+        secret values were stored as redaction markers.
+        """
+        injected = notebook.metadata.get("papermill", {}).get("parameters") or {}
+        secret = {name for name, value in record.params.items() if is_marker(value)}
+        try:
+            book = self.catalogue.get(record.runbook)
+            secret |= {name for name, spec in book.parameters.items() if spec.secret}
+        except ClusterbookError:
+            pass
+
+        values: list[str] = []
+        for name in secret & set(injected):
+            value = injected[name]
+            if isinstance(value, list):
+                values.extend(str(item) for item in value)
+            else:
+                values.append(str(value))
+        return values
 
 
 def run_banner(record: RunRecord, error: CellError | None) -> Any:

@@ -21,6 +21,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 MARKER = "[REDACTED:{kind}]"
+_MARKER_RE = re.compile(r"\[REDACTED:[a-z0-9-]+\]")
 
 #: Environment variables whose values are credentials wherever they show up.
 SECRET_ENV_VARS = (
@@ -86,6 +87,11 @@ _PATTERNS: list[tuple[str, re.Pattern[str], int]] = [
 def strip_ansi(text: str) -> str:
     """Remove terminal colour codes (tracebacks from the kernel carry them)."""
     return _ANSI.sub("", text)
+
+
+def is_marker(value: object) -> bool:
+    """True for a value that is exactly a redaction marker, like ``[REDACTED:secret]``."""
+    return isinstance(value, str) and _MARKER_RE.fullmatch(value) is not None
 
 
 class Redactor:

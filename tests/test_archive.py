@@ -82,42 +82,80 @@ def _rows_if_ready(index: Path) -> list:
         return []
 
 
-def test_killed_engine_leaves_an_interrupted_run_with_its_partial_notebook(tmp_path):
-    state = tmp_path / "state"
-    env = _cli_env(state)
+#: A secret parameter value that matches no pattern: only the declared `(secret)` hides it.
+SECRET = "plain-words-only-the-declaration-hides"
+
+
+def _start_sleeping_run(state: Path) -> tuple[subprocess.Popen, Path]:
+    """`clusterbook run 12_sleeps` with a secret, once its first step has run."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "clusterbook.cli", "run", "12_sleeps", "-p", "seconds=120"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [sys.executable, "-m", "clusterbook.cli", "run", "12_sleeps", "-p", "seconds=120",
+         "-p", f"api_token={SECRET}"],
+        env=_cli_env(state), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )
     index = state / "runs.sqlite3"
     deadline = time.monotonic() + 60
-    work = None
     while time.monotonic() < deadline:
         rows = _rows_if_ready(index)
         if rows and rows[0][0] == "running" and rows[0][1] and Path(rows[0][1]).exists():
             work = Path(rows[0][1])
             if '"started"' in work.read_text():
-                break
+                return proc, work
         time.sleep(0.2)
-    assert work is not None, "the run never started"
+    proc.kill()
+    raise AssertionError("the run never started")
+
+
+def _only_run(state: Path) -> dict:
+    listed = subprocess.run(
+        [sys.executable, "-m", "clusterbook.cli", "runs", "--json"],
+        env=_cli_env(state), capture_output=True, text=True, check=True,
+    )
+    (run,) = json.loads(listed.stdout)
+    return run
+
+
+def _assert_partial_notebook_archived_without_the_secret(state: Path, run: dict) -> None:
+    archived = Path(run["notebook_url"]).read_text()
+    assert '"started"' in archived  # the cells that ran are in the archived partial notebook
+    assert "[REDACTED:secret]" in archived
+    for path in [*state.rglob("*"), state / "runs.sqlite3"]:
+        if path.is_file():
+            assert SECRET.encode() not in path.read_bytes(), f"secret in {path}"
+    audit = subprocess.run(
+        [sys.executable, "-m", "clusterbook.cli", "audit", "verify"],
+        env=_cli_env(state), capture_output=True, text=True,
+    )
+    assert audit.returncode == 0, audit.stdout + audit.stderr
+
+
+def test_killed_engine_leaves_an_interrupted_run_with_its_partial_notebook(tmp_path):
+    state = tmp_path / "state"
+    proc, work = _start_sleeping_run(state)
+
     proc.send_signal(signal.SIGKILL)
     proc.wait(10)
 
-    listed = subprocess.run(
-        [sys.executable, "-m", "clusterbook.cli", "runs", "--json"],
-        env=env, capture_output=True, text=True, check=True,
-    )
-    (run,) = json.loads(listed.stdout)
+    run = _only_run(state)  # the next CLI start recovers the orphan
     assert run["status"] == "interrupted"
     assert "ended before the run did" in run["error_summary"]
-    archived = Path(run["notebook_url"]).read_text()
-    assert '"started"' in archived  # the cells that ran are in the archived partial notebook
     assert not work.exists()
-    audit = subprocess.run(
-        [sys.executable, "-m", "clusterbook.cli", "audit", "verify"],
-        env=env, capture_output=True, text=True,
-    )
-    assert audit.returncode == 0, audit.stdout + audit.stderr
+    _assert_partial_notebook_archived_without_the_secret(state, run)
+
+
+def test_ctrl_c_seals_the_run_interrupted_with_its_partial_notebook(tmp_path):
+    state = tmp_path / "state"
+    proc, work = _start_sleeping_run(state)
+
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+
+    assert proc.returncode == 130, stderr
+    run = _only_run(state)
+    assert run["status"] == "interrupted"
+    assert "Ctrl-C" in run["error_summary"]
+    assert not work.exists()
+    _assert_partial_notebook_archived_without_the_secret(state, run)
 
 
 def test_s3_archive_against_moto(engine_settings, moto_endpoint, monkeypatch):
