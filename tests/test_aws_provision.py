@@ -15,7 +15,7 @@ from clusterbook.aws.inventory import read_inventory
 from clusterbook.aws.provision import WaitOptions, provision_cluster
 from clusterbook.aws.tags import TAG_CLUSTER, TAG_CREATED_BY, TAG_OWNER, TAG_ROLE, TAG_TTL_HOURS
 from clusterbook.aws.validate import validate_cluster_spec
-from clusterbook.errors import HostError
+from clusterbook.errors import HostError, UserInputError
 from clusterbook.sandbox.moto import NEWEST_UBUNTU_AMIS
 from fixtures.aws import REGION
 
@@ -198,6 +198,21 @@ def test_imported_public_key_is_used_and_no_private_key_is_written(
     )["KeyPairs"]
     assert pairs[0]["PublicKey"].split()[:2] == public.split()[:2]
 
+    again = provision_cluster(
+        aws_settings, make_spec(public_key=public), run_id="run-2", options=fast_waits
+    )
+    assert again.key_name == inventory.key_name
+    other = (
+        Ed25519PrivateKey.generate()
+        .public_key()
+        .public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+        .decode()
+    )
+    with pytest.raises(UserInputError, match="holds another public key"):
+        provision_cluster(
+            aws_settings, make_spec(public_key=other), run_id="run-3", options=fast_waits
+        )
+
 
 def test_dedicated_vpc_is_created_tagged_and_reused(
     aws_settings: Any, aws_cli: Any, fast_waits: WaitOptions
@@ -275,7 +290,7 @@ def test_default_vpc_without_default_subnets_still_serves(
 ) -> None:
     """As in the sandbox: the default VPC's subnets replaced by one in another range."""
     ec2 = aws_clients.ec2
-    vpc = ec2.describe_vpcs(Filters=[{"Name": "isDefault", "Values": ["true"]}])["Vpcs"][0]
+    vpc = ec2.describe_vpcs(Filters=[{"Name": "is-default", "Values": ["true"]}])["Vpcs"][0]
     ec2.associate_vpc_cidr_block(VpcId=vpc["VpcId"], CidrBlock="10.77.0.0/16")
     for subnet in ec2.describe_subnets(Filters=[{"Name": "vpc-id", "Values": [vpc["VpcId"]]}])[
         "Subnets"

@@ -87,7 +87,7 @@ def test_teardown_never_touches_other_clusters_or_untagged_resources(
     groups = aws_cli("ec2", "describe-security-groups", "--group-ids", untagged)
     assert groups["SecurityGroups"][0]["GroupName"] == "hand-made"
     assert aws_cli("ec2", "describe-vpcs", "--vpc-ids", untagged_vpc)["Vpcs"]
-    default_vpcs = aws_cli("ec2", "describe-vpcs", "--filters", "Name=isDefault,Values=true")
+    default_vpcs = aws_cli("ec2", "describe-vpcs", "--filters", "Name=is-default,Values=true")
     assert default_vpcs["Vpcs"]
     assert aws_settings.cluster_dir("other").joinpath("id_ed25519").exists()
 

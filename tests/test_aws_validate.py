@@ -76,3 +76,21 @@ def test_unreachable_ssh_is_refused_before_any_call() -> None:
     check_ssh_reach(closed, ssh_address="public", wait_for_ssh=False)
     opened = validate_cluster_spec(**GOOD, admin_cidr="203.0.113.7/32")
     check_ssh_reach(opened, ssh_address="public", wait_for_ssh=True)
+
+
+def test_the_sandbox_refuses_what_its_machines_cannot_serve() -> None:
+    from clusterbook.aws.validate import check_sandbox_fit
+
+    dedicated = validate_cluster_spec(**GOOD, vpc_mode="dedicated")
+    with pytest.raises(UserInputError) as caught:
+        check_sandbox_fit(dedicated, sandbox=True, sandbox_region="eu-west-1")
+    assert "vpc_mode=dedicated is not served by the sandbox" in str(caught.value)
+
+    elsewhere = validate_cluster_spec(**GOOD)
+    with pytest.raises(UserInputError) as caught:
+        check_sandbox_fit(elsewhere, sandbox=True, sandbox_region="us-east-1")
+    assert "'eu-west-1' is not the sandbox's" in str(caught.value)
+    assert "region=us-east-1" in caught.value.hint
+
+    check_sandbox_fit(elsewhere, sandbox=True, sandbox_region="eu-west-1")
+    check_sandbox_fit(dedicated, sandbox=False, sandbox_region="us-east-1")

@@ -6,7 +6,9 @@ OpenSSH public key is imported. Either way only a public key travels to AWS: the
 is never in a request or a response that wire-level (DEBUG) logging could show, and it is
 never logged, printed or recorded. Only its path is passed on.
 
-A second run finds the key pair again by the cluster tag and reuses it.
+A second run finds the key pair again by the cluster tag and reuses it; a second run that
+names a different public key than the pair holds is refused rather than silently keeping the
+old one.
 """
 
 from __future__ import annotations
@@ -54,7 +56,9 @@ def ensure_key_pair(
     """The cluster's key pair: found by tag, else imported (``public_key``) or created."""
     key_path = private_key_path(cluster_dir)
     with translate_aws_errors(f"find the key pair of {cluster}"):
-        found = ec2.describe_key_pairs(Filters=[cluster_filter(cluster)])["KeyPairs"]
+        found = ec2.describe_key_pairs(Filters=[cluster_filter(cluster)], IncludePublicKey=True)[
+            "KeyPairs"
+        ]
 
     if found:
         pair = found[0]
@@ -65,6 +69,14 @@ def ensure_key_pair(
                 f"private key is not at {key_path}",
                 hint="run 04_teardown for this cluster (it deletes the key pair), or pass "
                 "public_key to use a key of your own",
+            )
+        held = pair.get("PublicKey", "")
+        if public_key and held and _key_body(held) != _key_body(public_key):
+            raise UserInputError(
+                f"key pair {pair['KeyName']} of cluster {cluster} holds another public key "
+                "than the public_key given",
+                hint="run 04_teardown for this cluster first to change its key, or leave "
+                "public_key empty to keep the current one",
             )
         logger.info("reusing key pair %s", pair["KeyName"])
         return KeyInfo(
@@ -79,6 +91,11 @@ def ensure_key_pair(
     if public_key:
         return import_key_pair(ec2, cluster=cluster, public_key=public_key, tags=tags)
     return create_key_pair(ec2, cluster=cluster, key_path=key_path, tags=tags)
+
+
+def _key_body(public_key: str) -> tuple[str, ...]:
+    """Type and base64 body of an OpenSSH public key (its comment does not matter)."""
+    return tuple(public_key.split()[:2])
 
 
 def import_key_pair(ec2: Any, *, cluster: str, public_key: str, tags: dict[str, str]) -> KeyInfo:

@@ -61,7 +61,7 @@ def find_default_network(ec2: Any) -> NetworkInfo | None:
     into its own address range) still serves: then its first subnet by zone is used.
     """
     with translate_aws_errors("find the default VPC"):
-        vpcs = ec2.describe_vpcs(Filters=[{"Name": "isDefault", "Values": ["true"]}])["Vpcs"]
+        vpcs = ec2.describe_vpcs(Filters=[{"Name": "is-default", "Values": ["true"]}])["Vpcs"]
         if not vpcs:
             return None
         vpc = vpcs[0]

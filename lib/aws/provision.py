@@ -26,7 +26,7 @@ from clusterbook.aws.keys import KeyInfo, ensure_key_pair
 from clusterbook.aws.network import NetworkInfo, ensure_network, ensure_security_group
 from clusterbook.aws.session import AwsClients, make_clients
 from clusterbook.aws.tags import build_cluster_tags
-from clusterbook.aws.validate import ClusterSpec, check_ssh_reach
+from clusterbook.aws.validate import ClusterSpec, check_sandbox_fit, check_ssh_reach
 from clusterbook.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -160,6 +160,7 @@ def provision_cluster(
     """Every provisioning step in order; safe to run again (it finds what exists)."""
     options = options or WaitOptions()
     check_ssh_reach(spec, ssh_address=settings.ssh_address, wait_for_ssh=options.wait_for_ssh)
+    check_sandbox_fit(spec, sandbox=settings.sandbox, sandbox_region=settings.aws_region)
     aws = clients or make_clients(settings, region=spec.region)
 
     launched = launch_cluster(settings, spec, run_id=run_id, clients=aws)

@@ -208,3 +208,26 @@ def check_ssh_reach(spec: ClusterSpec, *, ssh_address: str, wait_for_ssh: bool) 
             hint="set admin_cidr to your public address (like 203.0.113.7/32), or set the "
             "ssh_address setting to private or bastion when running from inside the VPC",
         )
+
+
+def check_sandbox_fit(spec: ClusterSpec, *, sandbox: bool, sandbox_region: str) -> None:
+    """Refuse, in the sandbox, a request its machines could never serve.
+
+    The sandbox boots a machine only for instances in its own region and its own VPC range
+    (see ``clusterbook.sandbox.reconciler``); elsewhere the instances would exist in its EC2
+    but never answer SSH, and the run would fail only after the SSH wait's time limit.
+    """
+    if not sandbox:
+        return
+    if spec.vpc_mode == "dedicated":
+        raise UserInputError(
+            "vpc_mode=dedicated is not served by the sandbox: its machines live in the "
+            "sandbox's own VPC only",
+            hint="use vpc_mode=default in the sandbox (dedicated VPCs work on real AWS)",
+        )
+    if spec.region != sandbox_region:
+        raise UserInputError(
+            f"region {spec.region!r} is not the sandbox's: its machines run in "
+            f"{sandbox_region!r} only",
+            hint=f"leave region empty or set region={sandbox_region}",
+        )
