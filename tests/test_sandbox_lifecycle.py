@@ -74,7 +74,7 @@ def test_running_instance_boots_a_host_and_terminating_it_destroys_it(sandbox: A
     names = network.SandboxNames.for_folder(folder)
     assert names.host_netns(doomed) not in network.list_namespaces(names)
     assert not hosts.published_host_keys_path(folder, doomed).exists()
-    assert not any(doomed in " ".join(map(str, p)) for p in _nspawn_command_lines())
+    assert not any(doomed in line for line in _nspawn_command_lines())
     assert host_state(sandbox, kept) == "running"
 
 
@@ -122,6 +122,21 @@ def test_up_is_idempotent(sandbox: Any) -> None:
 
     assert again.pid == sandbox.status.pid
     assert again.endpoint_url == sandbox.status.endpoint_url
+
+
+def test_sweep_knows_the_daemon_and_its_moto_but_not_a_reader_of_its_logs(sandbox: Any) -> None:
+    folder = sandbox.status.sandbox_dir
+    reader = subprocess.Popen(["tail", "-f", str(folder / "daemon.log")])
+    try:
+        found = hosts.find_sandbox_processes(folder)
+        command_lines = [Path(f"/proc/{pid}/cmdline").read_bytes() for pid in found]
+
+        assert found[0] == sandbox.status.pid
+        assert any(b"clusterbook.sandbox.moto" in line for line in command_lines)
+        assert reader.pid not in found
+    finally:
+        reader.kill()
+        reader.wait()
 
 
 def test_crashed_sandbox_is_cleaned_up_by_the_next_up_and_down_leaves_nothing(

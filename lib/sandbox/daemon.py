@@ -59,7 +59,7 @@ def serve(*, sandbox_dir: Path, cache_dir: Path, region: str, cidr: str) -> None
     signal.signal(signal.SIGINT, lambda *_: stop.set())
 
     names = network.SandboxNames.for_folder(sandbox_dir)
-    moto = start_moto_server(log_path=sandbox_dir / "moto.log")
+    moto = start_moto_server(log_path=sandbox_dir / "moto.log", owner_dir=sandbox_dir)
     reconciler = None
     try:
         ec2 = sandbox_ec2_client(moto.endpoint_url, region)

@@ -39,6 +39,10 @@ logger = logging.getLogger(__name__)
 HOST_KEY_TYPES = ("ed25519", "ecdsa")
 SYSTEM_CALL_FILTER = "@mount @privileged add_key keyctl bpf"
 POWER_OFF_TIMEOUT_S = 20.0
+KILL_WAIT_S = 10.0
+#: The programs a machine runs as on this side: ``unshare`` and ``sh`` set up its mounts, then
+#: ``sh`` becomes ``systemd-nspawn`` (see ``boot_host``).
+MACHINE_PROGRAMS = frozenset({"systemd-nspawn", "unshare", "sh"})
 
 
 class HostBootError(ClusterbookError):
@@ -226,8 +230,10 @@ def destroy_host(sandbox_dir: Path, instance_id: str) -> None:
 
 
 def find_sandbox_processes(sandbox_dir: Path) -> list[int]:
-    """Every process whose command line names the sandbox folder: the daemon first, then
-    the machines."""
+    """The sandbox's own processes that name its folder on their command line: the daemon
+    first, then its moto server and the machines (``systemd-nspawn`` and the ``unshare`` and
+    ``sh`` that start one). Anything else naming the folder (an operator's ``tail -f`` of a
+    log, say) is not ours to stop."""
     marker = str(sandbox_dir)
     daemons, others = [], []
     for entry in Path("/proc").iterdir():
@@ -237,10 +243,18 @@ def find_sandbox_processes(sandbox_dir: Path) -> list[int]:
             arguments = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
         except OSError:
             continue
-        if any(_names_folder(argument, marker) for argument in arguments):
-            is_daemon = "clusterbook.sandbox.daemon" in arguments
-            (daemons if is_daemon else others).append(int(entry.name))
+        if not any(_names_folder(argument, marker) for argument in arguments):
+            continue
+        if "clusterbook.sandbox.daemon" in arguments:
+            daemons.append(int(entry.name))
+        elif _is_sandbox_program(arguments):
+            others.append(int(entry.name))
     return sorted(daemons) + sorted(others)
+
+
+def _is_sandbox_program(arguments: list[str]) -> bool:
+    program = Path(arguments[0]).name if arguments else ""
+    return program in MACHINE_PROGRAMS or "clusterbook.sandbox.moto" in arguments
 
 
 def _names_folder(argument: str, folder: str) -> bool:
@@ -267,8 +281,13 @@ def stop_processes(pids: list[int], *, timeout_s: float) -> None:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-    while any(_is_alive(pid) for pid in alive):
+    # A killed process is gone at once unless it is stuck in the kernel (a hung mount, say):
+    # give up on it after a while rather than hang the caller.
+    deadline = time.monotonic() + KILL_WAIT_S
+    while any(_is_alive(pid) for pid in alive) and time.monotonic() < deadline:
         time.sleep(0.05)
+    for pid in (pid for pid in alive if _is_alive(pid)):
+        logger.warning("process %d survives SIGKILL after %.0f s; leaving it", pid, KILL_WAIT_S)
 
 
 def wait_for_ssh(address: str, *, timeout_s: float = 60.0, port: int = 22) -> float:

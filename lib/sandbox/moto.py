@@ -152,11 +152,14 @@ def start_moto_server(
     amis_path: Path | None = None,
     log_path: Path | None = None,
     tie_to_caller: bool = True,
+    owner_dir: Path | None = None,
 ) -> MotoServer:
     """Start moto in a child process listening on 127.0.0.1 and wait until it answers.
 
     ``port=0`` lets the child pick a free port. ``amis_path`` defaults to a fresh file with
     ``UBUNTU_IMAGES``. The child's own log (warnings only) goes to ``log_path`` or is dropped.
+    ``owner_dir`` is written on the child's command line, so a sweep of that folder's
+    leftovers (``clusterbook.sandbox.hosts.find_sandbox_processes``) finds it too.
     """
     _require_moto()
     if amis_path is None:
@@ -169,6 +172,8 @@ def start_moto_server(
     command = [sys.executable, "-m", "clusterbook.sandbox.moto", "--port", str(port)]
     if tie_to_caller:
         command.append("--exit-on-stdin-eof")
+    if owner_dir is not None:
+        command.append(f"--owner-dir={owner_dir}")
 
     log_file = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115
     try:
@@ -303,6 +308,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Serve moto on 127.0.0.1 (clusterbook sandbox)")
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
     parser.add_argument("--exit-on-stdin-eof", action="store_true")
+    parser.add_argument("--owner-dir", help="the folder of whoever started it (for sweeps)")
     args = parser.parse_args(argv)
     if "MOTO_AMIS_PATH" not in os.environ:
         folder = Path(tempfile.mkdtemp(prefix="clusterbook-moto-"))
