@@ -18,13 +18,18 @@ from typing import Any
 
 from clusterbook.archive.index import RunIndex, RunRecord
 from clusterbook.catalogue import Catalogue, Runbook
-from clusterbook.errors import ClusterbookError, RunbookNotFound, UserInputError
+from clusterbook.errors import (
+    ClusterbookError,
+    RunbookNotFound,
+    RunNotFound,
+    UserInputError,
+)
 from clusterbook_bot import messages
 from clusterbook_bot.access import AccessPolicy
 from clusterbook_bot.commands import Command, CommandError, parse_command
 from clusterbook_bot.modals import ModalContext, build_modal, read_submission
 from clusterbook_bot.pending import PendingActions
-from clusterbook_bot.runner import RunDispatcher, RunRequest, Stage
+from clusterbook_bot.runner import SLACK_USER, RunDispatcher, RunRequest, Stage
 
 logger = logging.getLogger(__name__)
 
@@ -174,8 +179,15 @@ class Handlers:
         return None
 
     def _own_run(self, command: Command, user: str) -> bool:
-        """People may always cancel their own runs."""
-        return command.action == "cancel" and self.index.get(command.target or "").requester == user
+        """People may always cancel their own runs (recorded as ``slack:<user id>``)."""
+        if command.action != "cancel":
+            return False
+
+        try:
+            requester = self.index.get(command.target or "").requester
+        except RunNotFound:
+            return False
+        return requester in (user, SLACK_USER + user)
 
     def _run(
         self, name: str, params: dict[str, str], *, user: str, channel: str, trigger_id: str

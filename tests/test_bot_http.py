@@ -355,6 +355,34 @@ def test_cancel_stops_a_running_run(bot, slack_standin):
     assert index_of(process).get(run_id).status == "cancelled"
 
 
+def test_people_may_cancel_their_own_runs_without_the_cancel_right(bot, slack_standin):
+    process, slack = bot
+    channel = "C0OWNCANCEL"
+
+    slack.slash("run 51_sleep seconds=120", user="U0DAVE", channel=channel)
+    running = slack_standin.wait_for(
+        lambda s: [
+            r
+            for r in index_of(process).list(limit=1000)
+            if r.channel == channel and r.status == "running"
+        ],
+        timeout=30,
+    )
+    run_id = running[0].run_id
+    assert running[0].requester == "slack:U0DAVE"
+
+    refused = slack.slash(f"cancel {run_id}", user="U0MALLORY")
+    assert "not allowed" in refused.json()["text"]
+    unknown = slack.slash("cancel 20990101-000000-000000", user="U0DAVE")
+    assert "not allowed" in unknown.json()["text"]
+    reply = slack.slash(f"cancel {run_id}", user="U0DAVE")
+    assert "Cancelling" in reply.json()["text"]
+
+    message = final_message(slack_standin, channel, timeout=60)
+    assert "cancelled" in message.text
+    assert index_of(process).get(run_id).status == "cancelled"
+
+
 def test_status_runs_and_show_read_the_run_index(bot, slack_standin):
     process, slack = bot
     slack.slash("run 99_teardown cluster=zeta", channel="C0SHOW")  # asks to confirm only
