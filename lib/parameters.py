@@ -22,6 +22,7 @@ from __future__ import annotations
 import ast
 import json
 import logging
+import math
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -266,6 +267,14 @@ def _to_bool(value: Any, refuse) -> bool:
 
 
 def _to_number(value: Any, kind: str, refuse) -> int | float:
+    number = _parse_number(value, kind, refuse)
+    if isinstance(number, float) and not math.isfinite(number):
+        # nan compares false with every bound and would slip past any range check.
+        raise refuse("is not a finite number")
+    return number
+
+
+def _parse_number(value: Any, kind: str, refuse) -> int | float:
     if isinstance(value, bool):
         raise refuse(f"is not {'an integer' if kind == 'int' else 'a number'}")
     if kind == "int" and isinstance(value, int):

@@ -64,6 +64,31 @@ def test_audit_finds_a_removed_record(engine):
     assert {(f.run_id, f.what) for f in report.findings} == {(runs[2].run_id, "chain")}
 
 
+def test_audit_finds_an_edited_archived_record_copy(engine):
+    engine.run("10_succeeds", {}, requester="t", source="cli")
+    failed = engine.run("11_raises", {}, requester="t", source="cli")
+    path = Path(failed.record.record_url)
+    copy = json.loads(path.read_text())
+    copy["status"], copy["error_summary"] = "succeeded", None
+    path.write_text(json.dumps(copy))
+
+    report = verify_archive(engine.index, engine.store)
+    assert [(f.run_id, f.what) for f in report.findings] == [(failed.run_id, "record-copy")]
+    assert "edited after it was sealed" in report.findings[0].detail
+
+
+def test_audit_finds_the_newest_records_removed(engine):
+    runs = [engine.run("10_succeeds", {}, requester="t", source="cli") for _ in range(3)]
+    assert verify_archive(engine.index, engine.store).ok
+    db = sqlite3.connect(engine.settings.index_path)
+    db.execute("DELETE FROM runs WHERE run_id IN (?, ?)", [runs[1].run_id, runs[2].run_id])
+    db.commit()
+
+    report = verify_archive(engine.index, engine.store)
+    assert [(f.run_id, f.what) for f in report.findings] == [(runs[2].run_id, "chain")]
+    assert "records were removed" in report.findings[0].detail
+
+
 def _cli_env(state: Path) -> dict[str, str]:
     return {
         **os.environ,
@@ -175,8 +200,10 @@ def test_s3_archive_against_moto(engine_settings, moto_endpoint, monkeypatch):
     result = engine.run("10_succeeds", {"value": "5"}, requester="t", source="cli")
     assert result.record.notebook_url.startswith("s3://audit-trail/clusterbook/runs/")
     keys = sorted(o["Key"] for o in s3.list_objects_v2(Bucket="audit-trail")["Contents"])
-    assert keys == [f"clusterbook/runs/{result.run_id}/{name}"
-                    for name in ("notebook.html", "notebook.ipynb", "record.json")]
+    assert keys == ["clusterbook/chain-head.json"] + [
+        f"clusterbook/runs/{result.run_id}/{name}"
+        for name in ("notebook.html", "notebook.ipynb", "record.json")
+    ]
     assert verify_archive(engine.index, engine.store).ok
 
     key = f"clusterbook/runs/{result.run_id}/notebook.ipynb"

@@ -44,6 +44,8 @@ def test_text_is_parsed_into_declared_types(typed):
     (["count=-1"], "below the minimum 0"),
     (["count=\u0663"], "use digits 0-9"),
     (["ratio=lots"], "is not a number"),
+    (["ratio=nan"], "is not a finite number"),
+    (["ratio=-inf"], "is not a finite number"),
     (["enabled=maybe"], "is not a yes/no value"),
     (["mode=reckless"], "is not one of fast, safe"),
     (["count"], "is not a parameter assignment"),

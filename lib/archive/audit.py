@@ -6,17 +6,24 @@ Reports every problem found, each naming the run and the file or field involved:
   gap in the chain (a record was removed or rewritten);
 - an archived notebook or HTML page whose sha256 differs from the one sealed (the file was
   edited), or that is missing;
-- an archived record copy that differs from the index.
+- an archived record copy that differs from the index, or whose own fields were edited;
+- a chain head in the archive (``chain-head.json``) naming a record the index no longer holds
+  as it was sealed: the newest records were removed from the index.
+
+The chain head is written after every seal; when two runs seal at nearly the same moment it
+can name the second-newest record, so removing only the very newest record right after such a
+pair may go unnoticed. Removing more than that does not.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from dataclasses import dataclass
 
-from clusterbook.archive.files import sha256_hex
-from clusterbook.archive.index import GENESIS, RunIndex
+from clusterbook.archive.files import CHAIN_HEAD_KEY, sha256_hex
+from clusterbook.archive.index import GENESIS, RunIndex, RunRecord
 from clusterbook.archive.stores import ArchiveStore
 from clusterbook.errors import ArchiveError
 
@@ -72,11 +79,13 @@ def verify_archive(
         if check_files:
             findings.extend(_check_files(store, record))
 
+    if check_files:
+        findings.extend(_check_chain_head(store, records))
     logger.info("audit: %d records checked, %d findings", len(records), len(findings))
     return AuditReport(len(records), findings)
 
 
-def _check_files(store: ArchiveStore, record) -> list[Finding]:
+def _check_files(store: ArchiveStore, record: RunRecord) -> list[Finding]:
     out: list[Finding] = []
     for what, url, digest in (
         ("notebook", record.notebook_url, record.notebook_sha256),
@@ -101,4 +110,38 @@ def _check_files(store: ArchiveStore, record) -> list[Finding]:
             if copy.get("record_hash") != record.record_hash:
                 out.append(Finding(record.run_id, "record-copy",
                                    f"{record.record_url} differs from the index"))
+            elif _hash_of_copy(copy) != record.record_hash:
+                out.append(Finding(record.run_id, "record-copy",
+                                   f"{record.record_url} was edited after it was sealed"))
     return out
+
+
+def _hash_of_copy(copy: dict) -> str | None:
+    names = {f.name for f in dataclasses.fields(RunRecord)}
+    try:
+        return RunRecord(**{k: v for k, v in copy.items() if k in names}).compute_hash()
+    except TypeError:  # fields missing: not a record any more
+        return None
+
+
+def _check_chain_head(store: ArchiveStore, records: list[RunRecord]) -> list[Finding]:
+    try:
+        head = json.loads(store.read(store.location(CHAIN_HEAD_KEY)))
+    except ArchiveError:
+        if records:  # an archive written before chain heads existed has none
+            logger.info("audit: the archive keeps no chain head")
+        return []
+    except ValueError as exc:
+        return [Finding("-", "chain", f"{CHAIN_HEAD_KEY} is unreadable: {exc}")]
+
+    by_position = {r.chain_seq: r for r in records}
+    sealed = by_position.get(head.get("chain_seq"))
+    if sealed is None or sealed.record_hash != head.get("hash"):
+        newest = records[-1].chain_seq if records else 0
+        return [Finding(
+            str(head.get("run_id")), "chain",
+            f"the archive's chain head is record {head.get('chain_seq')}, but the index "
+            f"holds it differently or not at all (its newest is {newest}): records were "
+            "removed or rewritten",
+        )]
+    return []

@@ -68,6 +68,10 @@ def render_html(nb: Any) -> bytes:
     return body.encode()
 
 
+#: Where the archive keeps the chain's head (see ``archive_record``).
+CHAIN_HEAD_KEY = "chain-head.json"
+
+
 def archive_notebook(
     store: ArchiveStore,
     *,
@@ -97,6 +101,12 @@ def archive_notebook(
 
 
 def archive_record(store: ArchiveStore, record: RunRecord) -> str:
-    """The sealed record, next to its notebook, for auditors who only have the archive."""
+    """The sealed record, next to its notebook, for auditors who only have the archive; and
+    the chain's head (position and hash of the newest sealed record), so that removing the
+    newest records from the index cannot go unnoticed."""
     data = json.dumps(record.to_dict(), indent=2, sort_keys=True).encode()
-    return store.write(f"runs/{record.run_id}/record.json", data, content_type="application/json")
+    url = store.write(f"runs/{record.run_id}/record.json", data, content_type="application/json")
+
+    head = {"chain_seq": record.chain_seq, "run_id": record.run_id, "hash": record.record_hash}
+    store.write(CHAIN_HEAD_KEY, json.dumps(head).encode(), content_type="application/json")
+    return url

@@ -24,6 +24,8 @@ class ArchiveStore(Protocol):
 
     def read(self, location: str) -> bytes: ...
 
+    def location(self, key: str) -> str: ...
+
 
 class LocalStore:
     """Files in a directory tree; the location is the absolute file path."""
@@ -43,6 +45,9 @@ class LocalStore:
             raise ArchiveError(f"cannot write {path}: {exc}") from exc
         logger.debug("archived %s (%d bytes)", path, len(data))
         return str(path)
+
+    def location(self, key: str) -> str:
+        return str(self.root / key)
 
     def read(self, location: str) -> bytes:
         try:
@@ -88,6 +93,9 @@ class S3Store:
                 hint="check the bucket exists and the credentials may write to it",
             ) from exc
         return f"s3://{self.bucket}/{full}"
+
+    def location(self, key: str) -> str:
+        return f"s3://{self.bucket}/{self._key(key)}"
 
     def read(self, location: str) -> bytes:
         from botocore.exceptions import BotoCoreError, ClientError
