@@ -38,6 +38,24 @@ def tagged_resources(endpoint: str, cluster: str) -> list[str]:
     return found
 
 
+def tagged_by_any_service(endpoint: str, cluster: str) -> list[str]:
+    """What the tagging API still lists with the cluster's tag, instances aside (terminated
+    instances keep their tags for a while, on AWS as in moto)."""
+    tagging = boto3.client(
+        "resourcegroupstaggingapi",
+        endpoint_url=endpoint,
+        region_name=REGION,
+        aws_access_key_id="reader",
+        aws_secret_access_key="reader",
+    )
+    mappings = tagging.get_resources(TagFilters=[{"Key": TAG_CLUSTER, "Values": [cluster]}])
+    return [
+        m["ResourceARN"]
+        for m in mappings["ResourceTagMappingList"]
+        if ":instance/" not in m["ResourceARN"]
+    ]
+
+
 def run_message(standin: SlackStandin, channel: str, title: str) -> Any:
     def ended(s: SlackStandin):
         return [
@@ -76,6 +94,11 @@ def test_up_then_down_on_the_sandbox_ec2(tmp_path, moto_endpoint):
             archived = nbformat.reads(uploads[0].content.decode(), as_version=4)
             assert archived.metadata["clusterbook"]["run"]["requester"] == "slack:U0ALICE"
             assert len(tagged_resources(moto_endpoint, "sbx")) >= 3
+            assert tagged_by_any_service(moto_endpoint, "sbx")  # the group, key, volumes
+
+            status = slack.slash("status sbx", channel="C0UP").json()
+            assert "Last success: `01_provision`" in status["text"], status
+            assert "control-plane" in json.dumps(status["blocks"])  # the nodes, as recorded
 
             down = slack.slash("down sbx", channel="C0UP")
             pending = next(b for b in down.json()["blocks"] if b["type"] == "actions")["elements"][
@@ -96,6 +119,7 @@ def test_up_then_down_on_the_sandbox_ec2(tmp_path, moto_endpoint):
             bot.stop()
 
         assert tagged_resources(moto_endpoint, "sbx") == []
+        assert tagged_by_any_service(moto_endpoint, "sbx") == []
         index = RunIndex(tmp_path / "state" / "runs.sqlite3")
         teardown = index.list(runbook="04_teardown")[0]
         assert (teardown.requester, teardown.approved_by) == ("slack:U0ALICE", "slack:U0BOB")
