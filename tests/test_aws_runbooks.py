@@ -111,6 +111,17 @@ def test_bad_input_fails_before_any_resource_exists(engine: Any, aws_cli: Any) -
     assert live_tagged(aws_cli, "nb") == []
 
 
+def test_the_sandbox_refuses_a_dedicated_vpc_it_could_not_boot_machines_in(
+    engine: Any, aws_cli: Any
+) -> None:
+    params = {**PROVISION, "vpc_mode": "dedicated", "wait_for_ssh": "true"}
+    result = engine.run("01_provision", params, requester="alice", source="cli")
+
+    assert result.status == "failed"
+    assert "vpc_mode=dedicated is not served by the sandbox" in result.error.evalue
+    assert live_tagged(aws_cli, "nb") == []
+
+
 def test_teardown_after_a_provision_cancelled_midway(engine: Any, aws_cli: Any) -> None:
     record = engine.prepare("01_provision", PROVISION, requester="alice", source="cli")
 

@@ -83,14 +83,16 @@ def test_the_sandbox_refuses_what_its_machines_cannot_serve() -> None:
 
     dedicated = validate_cluster_spec(**GOOD, vpc_mode="dedicated")
     with pytest.raises(UserInputError) as caught:
-        check_sandbox_fit(dedicated, sandbox=True, sandbox_region="eu-west-1")
+        check_sandbox_fit(dedicated, sandbox=True, sandbox_region="eu-west-1", wait_for_ssh=True)
     assert "vpc_mode=dedicated is not served by the sandbox" in str(caught.value)
 
     elsewhere = validate_cluster_spec(**GOOD)
     with pytest.raises(UserInputError) as caught:
-        check_sandbox_fit(elsewhere, sandbox=True, sandbox_region="us-east-1")
+        check_sandbox_fit(elsewhere, sandbox=True, sandbox_region="us-east-1", wait_for_ssh=True)
     assert "'eu-west-1' is not the sandbox's" in str(caught.value)
     assert "region=us-east-1" in caught.value.hint
 
-    check_sandbox_fit(elsewhere, sandbox=True, sandbox_region="eu-west-1")
-    check_sandbox_fit(dedicated, sandbox=False, sandbox_region="us-east-1")
+    check_sandbox_fit(elsewhere, sandbox=True, sandbox_region="eu-west-1", wait_for_ssh=True)
+    check_sandbox_fit(dedicated, sandbox=False, sandbox_region="us-east-1", wait_for_ssh=True)
+    # Without waiting for SSH only EC2 resources are asked for, which the sandbox serves.
+    check_sandbox_fit(dedicated, sandbox=True, sandbox_region="us-east-1", wait_for_ssh=False)

@@ -374,7 +374,7 @@ def test_people_may_cancel_their_own_runs_without_the_cancel_right(bot, slack_st
     refused = slack.slash(f"cancel {run_id}", user="U0MALLORY")
     assert "not allowed" in refused.json()["text"]
     unknown = slack.slash("cancel 20990101-000000-000000", user="U0DAVE")
-    assert "not allowed" in unknown.json()["text"]
+    assert "no run with id" in unknown.json()["text"]
     reply = slack.slash(f"cancel {run_id}", user="U0DAVE")
     assert "Cancelling" in reply.json()["text"]
 

@@ -160,7 +160,12 @@ def provision_cluster(
     """Every provisioning step in order; safe to run again (it finds what exists)."""
     options = options or WaitOptions()
     check_ssh_reach(spec, ssh_address=settings.ssh_address, wait_for_ssh=options.wait_for_ssh)
-    check_sandbox_fit(spec, sandbox=settings.sandbox, sandbox_region=settings.aws_region)
+    check_sandbox_fit(
+        spec,
+        sandbox=settings.sandbox,
+        sandbox_region=settings.aws_region,
+        wait_for_ssh=options.wait_for_ssh,
+    )
     aws = clients or make_clients(settings, region=spec.region)
 
     launched = launch_cluster(settings, spec, run_id=run_id, clients=aws)

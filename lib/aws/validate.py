@@ -210,14 +210,18 @@ def check_ssh_reach(spec: ClusterSpec, *, ssh_address: str, wait_for_ssh: bool) 
         )
 
 
-def check_sandbox_fit(spec: ClusterSpec, *, sandbox: bool, sandbox_region: str) -> None:
-    """Refuse, in the sandbox, a request its machines could never serve.
+def check_sandbox_fit(
+    spec: ClusterSpec, *, sandbox: bool, sandbox_region: str, wait_for_ssh: bool
+) -> None:
+    """Refuse, in the sandbox, a request whose machines it could never boot.
 
     The sandbox boots a machine only for instances in its own region and its own VPC range
     (see ``clusterbook.sandbox.reconciler``); elsewhere the instances would exist in its EC2
-    but never answer SSH, and the run would fail only after the SSH wait's time limit.
+    but never answer SSH, and the run would fail only after the SSH wait's time limit. A
+    provision that does not wait for SSH asks for EC2 resources only, which the sandbox's
+    EC2 serves anywhere.
     """
-    if not sandbox:
+    if not sandbox or not wait_for_ssh:
         return
     if spec.vpc_mode == "dedicated":
         raise UserInputError(
