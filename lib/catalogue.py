@@ -81,21 +81,29 @@ class Runbook:
 
 
 class Catalogue:
-    """The runbooks in one folder, read lazily and re-read when a file changes."""
+    """The runbooks in one folder, read lazily and re-read when a file changes.
+
+    A notebook that cannot be read as a runbook (no parameters cell, a parameter of an
+    unsupported type, …) is left out of ``list()`` with a warning, so one bad file does not
+    stop every other runbook; ``get()`` of it raises its own error, and ``problems()`` lists
+    them all.
+    """
 
     def __init__(self, folder: Path) -> None:
         self.folder = Path(folder)
-        self._cache: dict[Path, tuple[float, Runbook]] = {}
+        self._cache: dict[Path, tuple[float, Runbook | ParameterError]] = {}
         self._lock = threading.Lock()
 
     def list(self) -> list[Runbook]:
-        if not self.folder.is_dir():
-            raise RunbookNotFound(
-                f"the runbooks folder {self.folder} does not exist",
-                hint="set runbooks_dir (CLUSTERBOOK_RUNBOOKS_DIR) to the folder of notebooks",
-            )
-        paths = sorted(p for p in self.folder.glob("*.ipynb") if not p.name.startswith("."))
-        return [self._load(p) for p in paths]
+        return [item for item in self._load_all() if isinstance(item, Runbook)]
+
+    def problems(self) -> dict[str, ParameterError]:
+        """Notebooks in the folder that are not usable runbooks, by name, with the reason."""
+        return {
+            error.runbook or "?": error
+            for error in self._load_all()
+            if isinstance(error, ParameterError)
+        }
 
     def names(self) -> list[str]:
         return [rb.name for rb in self.list()]
@@ -103,11 +111,14 @@ class Catalogue:
     def get(self, name: str) -> Runbook:
         """By full name (``01_provision``), short name (``provision``) or file name."""
         wanted = name.strip().removesuffix(".ipynb")
-        runbooks = self.list()
-        for rb in runbooks:
-            if wanted in (rb.name, rb.short_name):
-                return rb
-        known = ", ".join(rb.name for rb in runbooks) or "(none)"
+        loaded = self._load_all()
+        for item in loaded:
+            if isinstance(item, Runbook) and wanted in (item.name, item.short_name):
+                return item
+        for item in loaded:
+            if isinstance(item, ParameterError) and item.runbook == wanted:
+                raise item
+        known = ", ".join(i.name for i in loaded if isinstance(i, Runbook)) or "(none)"
         raise RunbookNotFound(
             f"no runbook named {name!r}",
             hint=f"known runbooks: {known}; list them with `clusterbook runbooks`",
@@ -121,22 +132,40 @@ class Catalogue:
             if rb.order is not None and 1 <= rb.order < (stop.order or 0)
         ]
 
-    def _load(self, path: Path) -> Runbook:
+    def _load_all(self) -> list[Runbook | ParameterError]:
+        if not self.folder.is_dir():
+            raise RunbookNotFound(
+                f"the runbooks folder {self.folder} does not exist",
+                hint="set runbooks_dir (CLUSTERBOOK_RUNBOOKS_DIR) to the folder of notebooks",
+            )
+        paths = sorted(p for p in self.folder.glob("*.ipynb") if not p.name.startswith("."))
+        return [self._load(p) for p in paths]
+
+    def _load(self, path: Path) -> Runbook | ParameterError:
         mtime = path.stat().st_mtime
         with self._lock:
             cached = self._cache.get(path)
             if cached and cached[0] == mtime:
                 return cached[1]
-        runbook = load_runbook(path)
+        try:
+            item: Runbook | ParameterError = load_runbook(path)
+        except ParameterError as exc:
+            logger.warning("%s is not a usable runbook: %s", path, exc)
+            item = exc
         with self._lock:
-            self._cache[path] = (mtime, runbook)
-        return runbook
+            self._cache[path] = (mtime, item)
+        return item
 
 
 def load_runbook(path: Path) -> Runbook:
     """Read one notebook's title, metadata and parameter spec."""
     name = path.stem
-    nb = nbformat.read(path, as_version=4)
+    try:
+        nb = nbformat.read(path, as_version=4)
+    except (OSError, ValueError) as exc:  # nbformat's NotJSONError is a ValueError
+        raise ParameterError(
+            f"runbook {name}: {path.name} is not a readable notebook: {exc}", runbook=name
+        ) from exc
     meta = nb.metadata.get("clusterbook", {})
     title, description = _title_and_description(nb)
 

@@ -257,8 +257,11 @@ class Engine:
         on_progress: ProgressCallback | None,
     ) -> RunResult:
         run_id = record.run_id
+        # The work folder holds the notebook as papermill writes it, secret parameters and
+        # all, until it is archived redacted: its owner only may read it.
         work = self.settings.state_dir / "work" / run_id
-        work.mkdir(parents=True, exist_ok=True)
+        work.mkdir(parents=True, exist_ok=True, mode=0o700)
+        work.chmod(0o700)
         output_path = work / "notebook.ipynb"
         self.index.update(run_id, work_path=str(output_path))
 

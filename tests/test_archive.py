@@ -157,6 +157,7 @@ def _assert_partial_notebook_archived_without_the_secret(state: Path, run: dict)
 def test_killed_engine_leaves_an_interrupted_run_with_its_partial_notebook(tmp_path):
     state = tmp_path / "state"
     proc, work = _start_sleeping_run(state)
+    assert work.parent.stat().st_mode & 0o777 == 0o700  # holds the secret until archived
 
     proc.send_signal(signal.SIGKILL)
     proc.wait(10)

@@ -93,3 +93,30 @@ def test_audit_verify_exit_code_on_tampering(cli, tmp_path):
     out = cli("audit", "verify")
     assert out.returncode == 7
     assert f"run {run['run_id']}: notebook" in out.stdout
+
+
+def test_one_broken_notebook_leaves_the_other_runbooks_usable(cli, tmp_path):
+    import shutil
+
+    import nbformat
+
+    folder = tmp_path / "runbooks"
+    folder.mkdir()
+    shutil.copy(FIXTURE_RUNBOOKS / "10_succeeds.ipynb", folder)
+    broken = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x = 1")])
+    nbformat.write(broken, folder / "20_no_parameters.ipynb")
+    (folder / "21_not_json.ipynb").write_text("{ this is not a notebook")
+
+    listed = cli("runbooks", runbooks=folder)
+    assert listed.returncode == 0, listed.stderr
+    assert "10_succeeds" in listed.stdout
+    assert "not usable: 20_no_parameters: runbook 20_no_parameters has no cell tagged" in (
+        listed.stderr
+    )
+    assert "not usable: 21_not_json" in listed.stderr
+
+    ran = cli("run", "10_succeeds", runbooks=folder)
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    refused = cli("run", "20_no_parameters", runbooks=folder)
+    assert refused.returncode == 2
+    assert "has no cell tagged 'parameters'" in refused.stderr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -40,6 +41,11 @@ def test_success_records_outputs_progress_and_archive(engine):
     assert result.run_id in banner.source and "**succeeded**" in banner.source
     assert "requested by ada via cli" in banner.source
     assert record.chain_seq == 1 and record.record_hash
+    head = subprocess.run(
+        ["git", "-C", str(engine.settings.runbooks_dir), "rev-parse", "HEAD"],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()
+    assert record.runbooks_commit.removesuffix("+dirty") == head
 
 
 def test_raising_cell_fails_with_cell_error_and_clean_traceback(engine):

@@ -32,11 +32,14 @@ def runbooks_cmd(ctx: click.Context, as_json: bool) -> None:
     """List the runbooks and their parameters (type, default, help)."""
     from clusterbook.catalogue import Catalogue
 
-    books = Catalogue(ctx.obj.runbooks_dir).list()
+    catalogue = Catalogue(ctx.obj.runbooks_dir)
+    books = catalogue.list()
     if as_json:
         click.echo(json.dumps([rb.to_dict() for rb in books], indent=2))
     else:
         click.echo(render.runbooks_text(books))
+    for name, problem in catalogue.problems().items():
+        click.echo(f"not usable: {name}: {problem.message}", err=True)
 
 
 @click.command("run")
