@@ -94,7 +94,9 @@ class BotService:
             self.access.members_of(group)
 
     def stop(self) -> None:
-        self.dispatcher.shutdown(wait=False)
+        """A graceful stop (SIGTERM): see ``RunDispatcher.shutdown`` for what becomes of the
+        runs; the writer stops last, once their messages are sent."""
+        self.dispatcher.shutdown()
         self.writer.stop()
 
     def _group_members(self, group: str) -> Iterable[str]:

@@ -433,6 +433,16 @@ def resumed_after_restart(run_id: str) -> str:
     return f":recycle: The bot restarted; resuming queued run {code(run_id)}."
 
 
+def held_for_restart(*, title: str, run_id: str, requester: str) -> list[dict[str, Any]]:
+    return [
+        section(
+            f":double_vertical_bar: *{escape(title)}* – queued\nThe bot is restarting before "
+            "this run could start; it stays queued and starts when the bot is back."
+        ),
+        context_block(f"run {code(run_id)} · requested by <@{escape(requester)}>"),
+    ]
+
+
 def interrupted_after_restart(run_id: str) -> str:
     return (
         f":warning: Run {code(run_id)} was interrupted by a bot restart; its partial notebook "

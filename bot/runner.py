@@ -12,7 +12,9 @@ diagnostics there too.
 
 On start-up ``resume`` asks the engine to mark runs left "running" by a dead process as
 "interrupted" (their partial notebooks are archived by the engine), and queues again the runs
-this bot had queued.
+this bot had queued. On a graceful stop (SIGTERM) ``shutdown`` does the same work in advance:
+runs in progress end "interrupted" with their messages updated, and requests already
+acknowledged are recorded and stay queued for the next start.
 
 Known shortcoming: a pipeline records its later runbooks only when the earlier ones succeed,
 so after a restart only the run that was queued resumes, not the rest of the pipeline; the
@@ -26,7 +28,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,7 +36,7 @@ from slack_sdk import WebClient, WebhookClient
 from slack_sdk.errors import SlackApiError
 
 from clusterbook.engine import CellError, Engine, ProgressEvent, RunResult
-from clusterbook.errors import ClusterbookError
+from clusterbook.errors import ClusterbookError, EngineClosed
 from clusterbook_bot import messages
 from clusterbook_bot.progress import ChannelWriter
 
@@ -46,6 +48,12 @@ MAX_WAITING = 50
 #: How Slack people appear in run records: ``slack:U0123ABC``.
 SLACK_USER = "slack:"
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
+#: How long a graceful stop waits for interrupted runs to be sealed and their messages
+#: updated: inside gunicorn's graceful time-out (20 s) and the 30 s that systemd and
+#: Kubernetes give a stopping bot before they kill it.
+SHUTDOWN_GRACE_S = 12.0
+#: The status a stage reports when the engine, shutting down, left it queued.
+HELD = "queued"
 
 
 @dataclass(frozen=True)
@@ -96,10 +104,29 @@ class RunDispatcher:
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="run")
         self._waiting = 0
         self._lock = threading.Lock()
+        self._intake_work: set[Future[None]] = set()
+        self._pool_work: set[Future[None]] = set()
 
-    def shutdown(self, *, wait: bool = False) -> None:
-        self._intake.shutdown(wait=wait, cancel_futures=not wait)
-        self._pool.shutdown(wait=wait, cancel_futures=not wait)
+    def shutdown(self, *, grace_s: float = SHUTDOWN_GRACE_S) -> list[str]:
+        """Stop for a restart; returns the runs interrupted.
+
+        Runs executing now are stopped and end "interrupted", sealed with their partial
+        notebooks and their messages updated. Requests already acknowledged are still
+        recorded, and like runs waiting for a worker they stay queued (their messages say
+        so) for the next start to resume. Waits at most ``grace_s`` for all of that.
+        """
+        deadline = time.monotonic() + grace_s
+        interrupted = self.engine.interrupt_all()
+        if interrupted:
+            logger.warning("shutting down: interrupted %s", ", ".join(interrupted))
+
+        # Intake first: it may still hand work to the pool, which must accept it.
+        self._intake.shutdown(wait=False)
+        _wait_for(self._intake_work, deadline)
+        self._pool.shutdown(wait=False)
+        if _wait_for(self._pool_work, deadline):
+            logger.warning("shutting down: runs still finishing after %.0f s", grace_s)
+        return interrupted
 
     def is_full(self) -> bool:
         """True when so many requests wait that a new one should be refused, not queued."""
@@ -110,11 +137,27 @@ class RunDispatcher:
         """Queue ``request`` (returns at once; work happens in the intake thread)."""
         with self._lock:
             self._waiting += 1
-        self._intake.submit(self._guard, self._intake_job, request)
+        self._track(self._intake, self._intake_work, self._intake_job, request)
 
     def later(self, work: Callable[..., None], *args: Any) -> None:
         """Run a small follow-up of a request (a modal, a notice) after the ack."""
-        self._intake.submit(self._guard, work, *args)
+        self._track(self._intake, self._intake_work, work, *args)
+
+    def _track(
+        self,
+        executor: ThreadPoolExecutor,
+        pending: set[Future[None]],
+        work: Callable[..., None],
+        *args: Any,
+    ) -> None:
+        future = executor.submit(self._guard, work, *args)
+        with self._lock:
+            pending.add(future)
+        future.add_done_callback(lambda done: self._forget(pending, done))
+
+    def _forget(self, pending: set[Future[None]], future: Future[None]) -> None:
+        with self._lock:
+            pending.discard(future)
 
     @staticmethod
     def _guard(work: Callable[..., None], *args: Any) -> None:
@@ -139,7 +182,7 @@ class RunDispatcher:
 
         job.run_ids.append(run_id)
         logger.info("run %s queued for %s in %s", run_id, request.requester, request.channel)
-        self._pool.submit(self._guard, self._execute_job, job)
+        self._track(self._pool, self._pool_work, self._execute_job, job)
 
     def _post_queued(self, job: _Job) -> None:
         """The run's message, posted before the run is recorded: if the bot may not post in
@@ -219,6 +262,9 @@ class RunDispatcher:
             run_id = job.run_ids[-1]
 
             result = self._execute_stage(job, run_id)
+            if result.status == HELD:
+                status = HELD
+                break
             outputs.update(result.outputs or {})
             if result.notebook_path:
                 links.append(str(result.notebook_path))
@@ -227,7 +273,10 @@ class RunDispatcher:
                 status, failure = result.status, (stage, result)
                 break
 
-        self._finish(job, status=status, outputs=outputs, links=links, failure=failure)
+        if status == HELD:
+            self._hold(job, run_id=job.run_ids[-1])
+        else:
+            self._finish(job, status=status, outputs=outputs, links=links, failure=failure)
         for run_id, location in uploads:
             self._upload_notebook(job, run_id=run_id, location=location)
 
@@ -251,6 +300,8 @@ class RunDispatcher:
             )
         try:
             return self.engine.execute(run_id, on_progress=on_progress)
+        except EngineClosed:
+            return _NotStarted(run_id=run_id, message="", status=HELD)
         except ClusterbookError as exc:
             logger.warning("run %s could not start: %s", run_id, exc)
             return _NotStarted(run_id=run_id, message=str(exc))
@@ -331,6 +382,24 @@ class RunDispatcher:
                 ),
             )
 
+    def _hold(self, job: _Job, *, run_id: str) -> None:
+        """The bot is stopping before ``run_id`` could start: it stays queued in the index
+        and the next start resumes it; its message says so."""
+        request = job.request
+        logger.info("run %s stays queued: the bot is stopping", run_id)
+        self.writer.discard(request.channel, job.ts)
+        self.writer.send(
+            request.channel,
+            lambda: self.client.chat_update(
+                channel=request.channel,
+                ts=job.ts,
+                text=f"{request.title}: queued",
+                blocks=messages.held_for_restart(
+                    title=request.title, run_id=run_id, requester=request.requester
+                ),
+            ),
+        )
+
     def _upload_notebook(self, job: _Job, *, run_id: str, location: str) -> None:
         try:
             content = self.engine.store.read(location)
@@ -387,9 +456,16 @@ class RunDispatcher:
         self.writer.send(channel, lambda: self.client.chat_postMessage(channel=channel, text=text))
 
 
+def _wait_for(pending: set[Future[None]], deadline: float) -> bool:
+    """Wait until ``pending`` work is done or ``deadline`` passes; True if some is left."""
+    left = wait(list(pending), timeout=max(0.0, deadline - time.monotonic())).not_done
+    return bool(left)
+
+
 @dataclass(frozen=True)
 class _NotStarted:
-    """A stage the engine refused to start (lock held, run cancelled while queued)."""
+    """A stage the engine did not start (lock held, run cancelled while queued, or left
+    queued because the bot is stopping)."""
 
     run_id: str
     message: str

@@ -4,7 +4,9 @@ HTTP: gunicorn (threaded ``gthread`` worker) serves a small WSGI app: ``POST /sl
 goes to Bolt, ``GET /healthz`` answers liveness probes. There is exactly one worker process,
 because the worker pool and the runs it executes live in that process (and it alone resumes
 queued runs on start); concurrency comes from the worker's threads. The service is built in
-the worker after the fork, never in the gunicorn master.
+the worker after the fork, never in the gunicorn master. On SIGTERM the worker finishes the
+requests it is answering, then (gunicorn's ``worker_exit`` hook) stops the service gracefully:
+runs in progress end "interrupted" and sealed, queued ones stay queued for the next start.
 
 Socket Mode: the bot opens a WebSocket to Slack (``apps.connections.open`` gives the URL) and
 answers each envelope on it; no public URL is needed. Slack signs nothing here: the app-level
@@ -78,6 +80,7 @@ class GunicornServer(BaseApplication):
     def __init__(self, build_service: Callable[[], BotService], options: dict[str, Any]) -> None:
         self.build_service = build_service
         self.options = options
+        self.service: BotService | None = None
         super().__init__()
 
     def load_config(self) -> None:
@@ -92,8 +95,15 @@ class GunicornServer(BaseApplication):
             logger.error("cannot start the bot: %s", exc)
             sys.exit(WORKER_BOOT_ERROR)
         service.start()
+        self.service = service
         logger.info("bot ready: HTTP requests to %s", EVENTS_PATH)
         return WsgiApp(service)
+
+    def stop_service(self, arbiter: Any, worker: Any) -> None:
+        """gunicorn's ``worker_exit`` hook: runs in the worker once it stops serving."""
+        if self.service is not None:
+            logger.info("bot stopping: interrupting runs in progress, keeping queued ones")
+            self.service.stop()
 
 
 def serve_http(
@@ -118,7 +128,9 @@ def serve_http(
         "limit_request_line": 8190,
         "limit_request_fields": 100,
     }
-    GunicornServer(build_service, options).run()
+    server = GunicornServer(build_service, options)
+    server.cfg.set("worker_exit", server.stop_service)
+    server.run()
 
 
 def serve_socket_mode(service: BotService, *, app_token: str) -> None:

@@ -5,6 +5,7 @@
                redacted notebook and its HTML, seal the record in the index, release the lock
     run()      both at once
     cancel()   stop a queued or running run of this process
+    interrupt_all()  for a shutdown: stop this process's runs, start no more
     recover()  after a crash: runs whose process died become "interrupted", with whatever
                partial notebook they left archived
 
@@ -13,7 +14,7 @@ interface too.
 
 Statuses: succeeded, failed (a cell raised, the kernel died, or the notebook called
 ``sys.exit`` with a non-zero code), timed-out (a cell or the whole run went over its limit),
-cancelled, interrupted (the process running it died).
+cancelled, interrupted (the process running it died, or was shut down: ``interrupt_all``).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from clusterbook.archive.files import archive_notebook, archive_record, sha256_h
 from clusterbook.archive.index import RunIndex, RunRecord, process_alive, process_start_time
 from clusterbook.archive.stores import open_store
 from clusterbook.catalogue import Catalogue, Runbook
-from clusterbook.errors import ClusterbookError, UserInputError
+from clusterbook.errors import ClusterbookError, EngineClosed, UserInputError
 from clusterbook.execution import CellStart, KernelHandle, execute
 from clusterbook.locks import acquire_cluster_lock
 from clusterbook.logs import run_id_scope
@@ -120,6 +121,7 @@ class Engine:
         self._pending: dict[str, ParameterSet] = {}
         self._active: dict[str, KernelHandle] = {}
         self._cancelled: set[str] = set()
+        self._closing = False
         self._guard = threading.Lock()
 
     # -- requests -------------------------------------------------------------------------
@@ -188,6 +190,18 @@ class Engine:
             return True
         return False
 
+    def interrupt_all(self) -> list[str]:
+        """Stop every run executing in this process, for a shutdown: each ends "interrupted",
+        sealed with its partial notebook, and runs not started yet are refused from now on
+        (they stay queued in the index, for the next start to resume)."""
+        with self._guard:
+            self._closing = True
+            active = dict(self._active)
+        for run_id, handle in active.items():
+            logger.warning("run %s interrupted: the engine is shutting down", run_id)
+            handle.stop("interrupted")
+        return list(active)
+
     # -- execution ------------------------------------------------------------------------
 
     def execute(self, run_id: str, *, on_progress: ProgressCallback | None = None) -> RunResult:
@@ -200,6 +214,11 @@ class Engine:
                     hint="start a new run instead",
                 )
             with self._guard:
+                if self._closing:
+                    raise EngineClosed(
+                        f"run {run_id} was not started: the engine is shutting down",
+                        hint="it stays queued; the next start resumes or seals it",
+                    )
                 values = self._pending.pop(run_id, None)
                 cancelled_early = run_id in self._cancelled
             if cancelled_early:
@@ -275,6 +294,13 @@ class Engine:
         handle = KernelHandle()
         with self._guard:
             self._active[run_id] = handle
+            # A cancel or a shutdown that came after this run was claimed but before it was
+            # registered here found nothing to stop: stop it now, before its kernel starts.
+            late_stop = "interrupted" if self._closing else None
+            if run_id in self._cancelled:
+                late_stop = "cancelled"
+        if late_stop is not None:
+            handle.stop(late_stop)
         watchdog = threading.Timer(self.settings.run_timeout_s, handle.stop, args=("timed-out",))
         watchdog.daemon = True
 

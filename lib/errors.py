@@ -13,6 +13,7 @@
     │   ├── HostError                 SSH to a node or a command on it failed
     │   └── KubeError                 the Kubernetes API refused or failed
     ├── ArchiveError                  the run archive could not be written or read
+    ├── EngineClosed                  the engine is shutting down; the run stays queued
     └── AuditError                    `audit verify` found a changed record or file
 
 Each error carries a message meant for the person who has to act on it: what went wrong,
@@ -130,6 +131,10 @@ class ArchiveError(ClusterbookError):
     """The run archive or the run index could not be written or read."""
 
     exit_code = 6
+
+
+class EngineClosed(ClusterbookError):
+    """The engine is shutting down and starts no more runs; a queued run stays queued."""
 
 
 class AuditError(ClusterbookError):

@@ -32,6 +32,14 @@ class CellError:
         return f"{self.ename} in {where}{step}: {self.evalue}"
 
 
+#: Why a run whose kernel the engine stopped ended, by the status it ends with.
+STOP_REASONS = {
+    "cancelled": "cancelled on request",
+    "timed-out": "the run went over its time limit",
+    "interrupted": "the engine running it was shut down (run it again to finish the work)",
+}
+
+
 def classify(execution: Execution, redactor: Redactor) -> tuple[str, CellError | None]:
     """The run's status and error from how its execution ended."""
     from nbclient.exceptions import CellTimeoutError, DeadKernelError
@@ -45,12 +53,9 @@ def classify(execution: Execution, redactor: Redactor) -> tuple[str, CellError |
         return CellError(index, None, ename, redactor.text(strip_ansi(evalue)),
                          redactor.text(strip_ansi(tb)), title)
 
-    if execution.stopped_because in ("cancelled", "timed-out"):
+    if execution.stopped_because in STOP_REASONS:
         status = execution.stopped_because
-        why = (
-            "cancelled on request" if status == "cancelled" else "the run went over its time limit"
-        )
-        return status, error_at(execution.current_cell, status, why)
+        return status, error_at(execution.current_cell, status, STOP_REASONS[status])
     if exc is None:
         return "succeeded", None
     if isinstance(exc, PapermillExecutionError):

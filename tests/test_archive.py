@@ -184,6 +184,21 @@ def test_ctrl_c_seals_the_run_interrupted_with_its_partial_notebook(tmp_path):
     _assert_partial_notebook_archived_without_the_secret(state, run)
 
 
+def test_sigterm_seals_the_run_interrupted_with_its_partial_notebook(tmp_path):
+    state = tmp_path / "state"
+    proc, work = _start_sleeping_run(state)
+
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+
+    assert proc.returncode == 143, stderr
+    run = _only_run(state)
+    assert run["status"] == "interrupted"
+    assert "shut down" in run["error_summary"]
+    assert not work.exists()
+    _assert_partial_notebook_archived_without_the_secret(state, run)
+
+
 def test_s3_archive_against_moto(engine_settings, moto_endpoint, monkeypatch):
     import dataclasses
 

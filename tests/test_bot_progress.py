@@ -149,3 +149,56 @@ def test_restart_marks_running_runs_interrupted_and_resumes_queued_ones(tmp_path
         resumed = [m for m in standin.messages("C0NEXT") if "resumed" in json.dumps(m.blocks)]
         assert resumed and "succeeded" in resumed[-1].text
         assert index.get(next_run.run_id).requester == "slack:U0ALICE"
+
+
+def test_sigterm_seals_the_running_run_and_keeps_the_queued_one(tmp_path):
+    """A graceful stop (what systemd and Kubernetes send) ends the running run "interrupted"
+    with its notebook archived and its message final; the queued run stays queued, says so,
+    and the next start runs it."""
+    from fixtures.slack import SlackClientSim
+
+    with SlackStandin(bot_token=BOT_TOKEN) as standin:
+        runbooks = make_test_runbooks(tmp_path / "runbooks")
+        state = tmp_path / "state"
+        env = {"CLUSTERBOOK_BOT_WORKERS": "1"}
+        bot = start_bot(standin=standin, state_dir=state, runbooks_dir=runbooks, extra_env=env)
+        index = RunIndex(state / "runs.sqlite3")
+        try:
+            slack = SlackClientSim(bot.url + "/slack/events", standin)
+            slack.slash("run 51_sleep seconds=300", channel="C0LONG")
+            standin.wait_for(
+                lambda s: [r for r in index.list() if r.status == "running"], timeout=30
+            )
+            slack.slash("run 00_hello name=after", channel="C0NEXT")
+            standin.wait_for(
+                lambda s: [r for r in index.list() if r.status == "queued"], timeout=30
+            )
+            started = time.monotonic()
+            bot.process.terminate()
+            exit_status = bot.process.wait(timeout=40)
+            stop_s = time.monotonic() - started
+        finally:
+            bot.kill()
+
+        assert exit_status == 0, bot.log_text()
+        assert stop_s < 20, f"the stop took {stop_s:.1f} s"
+        long_run = next(r for r in index.list() if r.channel == "C0LONG")
+        next_run = next(r for r in index.list() if r.channel == "C0NEXT")
+        assert long_run.status == "interrupted"
+        assert "shut down" in (long_run.error_summary or "")
+        assert long_run.notebook_url and Path(long_run.notebook_url).is_file()
+        assert next_run.status == "queued"
+        long_messages = [m for m in standin.messages("C0LONG") if m.thread_ts is None]
+        assert [m.text for m in long_messages] == ["51_sleep: interrupted"]
+        next_messages = [m for m in standin.messages("C0NEXT") if m.thread_ts is None]
+        assert len(next_messages) == 1
+        assert "stays queued" in json.dumps(next_messages[0].blocks)
+        assert next_run.run_id in json.dumps(next_messages[0].blocks)
+
+        again = start_bot(standin=standin, state_dir=state, runbooks_dir=runbooks, extra_env=env)
+        try:
+            standin.wait_for(lambda s: index.get(next_run.run_id).status == "succeeded", timeout=90)
+        finally:
+            again.stop()
+        # Sealed at the stop: the next start finds nothing of it to recover or announce.
+        assert not [m for m in standin.messages("C0LONG") if "bot restart" in m.text]

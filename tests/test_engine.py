@@ -12,7 +12,7 @@ import nbformat
 import pytest
 
 from clusterbook.engine import Engine
-from clusterbook.errors import LockHeldError
+from clusterbook.errors import EngineClosed, LockHeldError
 
 
 def _archived(result) -> nbformat.NotebookNode:
@@ -120,6 +120,30 @@ def test_cancel_stops_a_running_run(engine):
     worker.join(30)
     assert outcome["r"].status == "cancelled"
     assert engine.index.get(record.run_id).status == "cancelled"
+
+
+def test_interrupt_all_seals_running_runs_and_starts_no_more(engine):
+    running = engine.prepare("12_sleeps", {"seconds": "60"}, requester="t", source="slack")
+    waiting = engine.prepare("10_succeeds", {}, requester="t", source="slack")
+    outcome = {}
+    worker = threading.Thread(target=lambda: outcome.update(r=engine.execute(running.run_id)))
+    worker.start()
+    deadline = time.monotonic() + 30
+    while engine.index.get(running.run_id).status != "running" or not engine._active:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    time.sleep(1.5)
+
+    assert engine.interrupt_all() == [running.run_id]
+    worker.join(30)
+    result = outcome["r"]
+    assert result.status == "interrupted"
+    assert "shut down" in result.error.evalue
+    assert nbformat.read(result.record.notebook_url, as_version=4).cells
+
+    with pytest.raises(EngineClosed):
+        engine.execute(waiting.run_id)
+    assert engine.index.get(waiting.run_id).status == "queued"
 
 
 def test_cancel_a_queued_run_seals_it(engine):

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import click
 
@@ -15,6 +19,8 @@ from clusterbook.settings import Settings
 logger = logging.getLogger(__name__)
 
 EXIT_RUN_FAILED = 1
+#: The shell's code for "ended by SIGTERM": the run was stopped and sealed "interrupted".
+EXIT_TERMINATED = 128 + signal.SIGTERM
 
 
 def _engine(ctx: click.Context) -> Engine:
@@ -58,23 +64,50 @@ def run_cmd(
     Example:
       clusterbook run 00_hello -p name=Ada -p times=2
     Exit code 0 if the run succeeded, 1 if it failed, timed out or was cancelled,
-    2 if a parameter was refused (nothing ran), 3 if the cluster is locked.
+    2 if a parameter was refused (nothing ran), 3 if the cluster is locked, 143 if it was
+    stopped by SIGTERM (sealed "interrupted").
     """
     engine = _engine(ctx)
     book = engine.catalogue.get(runbook)
     values = book.parse_words(list(params))
     progress = None if (quiet or as_json) else render.ProgressBar()
 
-    result = engine.run(
-        book.name, values.values, requester=ctx.obj.requester, source="cli",
-        on_progress=progress,
-    )
+    with _interrupt_on_sigterm(engine) as terminated:
+        result = engine.run(
+            book.name, values.values, requester=ctx.obj.requester, source="cli",
+            on_progress=progress,
+        )
     if as_json:
         click.echo(json.dumps(_result_dict(result), indent=2, default=str))
     else:
         click.echo(render.result_text(result))
+    if terminated.is_set():
+        ctx.exit(EXIT_TERMINATED)
     if not result.ok:
         ctx.exit(EXIT_RUN_FAILED)
+
+
+@contextmanager
+def _interrupt_on_sigterm(engine: Engine) -> Iterator[threading.Event]:
+    """While a run executes, SIGTERM (a stopping CI job, systemd, ``kill``) stops it the way a
+    shutdown should: the run ends "interrupted", sealed with its partial notebook, instead of
+    being left for the next start to find."""
+    terminated = threading.Event()
+
+    def on_sigterm(signum: int, frame: object) -> None:
+        terminated.set()
+        # Not in the handler itself: it may have interrupted a thread holding the engine's
+        # lock, which interrupt_all takes too.
+        threading.Thread(target=engine.interrupt_all, name="sigterm", daemon=True).start()
+
+    if threading.current_thread() is not threading.main_thread():
+        yield terminated
+        return
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        yield terminated
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _result_dict(result) -> dict:
