@@ -22,11 +22,21 @@ NOTEBOOK_FORMAT = "%(levelname)s [%(run_id)s] %(message)s"
 
 
 class RunContextFilter(logging.Filter):
-    """Adds ``run_id`` to the record and redacts its message before any handler sees it."""
+    """Adds ``run_id`` to the record and redacts its message, traceback and stack before any
+    handler sees them (an exception's text may quote a token as easily as a message does)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if not hasattr(record, "run_id") or record.run_id in (None, "-"):
             record.run_id = current_run_id.get()
+
+        # Formatters use ``exc_text`` when it is set, so the redacted form is what they print.
+        if record.exc_info and not record.exc_text:
+            record.exc_text = _TRACEBACKS.formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = redact_text(record.exc_text)
+        if record.stack_info:
+            record.stack_info = redact_text(record.stack_info)
+
         try:
             message = record.getMessage()
         except (TypeError, ValueError):
@@ -34,6 +44,9 @@ class RunContextFilter(logging.Filter):
         record.msg = redact_text(message)
         record.args = None
         return True
+
+
+_TRACEBACKS = logging.Formatter()
 
 
 @contextmanager

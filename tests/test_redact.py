@@ -109,3 +109,18 @@ def test_log_lines_are_redacted_and_carry_the_run_id(capsys):
     err = capsys.readouterr().err
     assert "[run-42]" in err and "[REDACTED:bootstrap-token]" in err
     assert "0123456789abcdef" not in err
+
+
+def test_logged_tracebacks_are_redacted(capsys):
+    from clusterbook.logs import configure_service_logging
+
+    configure_service_logging(logging.INFO)
+    log = logging.getLogger("clusterbook.test")
+    try:
+        raise RuntimeError("kubeadm join --token abcdef.0123456789abcdef failed")
+    except RuntimeError:
+        log.exception("join failed")
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "RuntimeError" in err
+    assert "[REDACTED:bootstrap-token]" in err
+    assert "0123456789abcdef" not in err
