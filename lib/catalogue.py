@@ -56,7 +56,17 @@ class Runbook:
 
     def parse(self, raw: Mapping[str, Any]) -> ParameterSet:
         """Typed values from user input (strings) or already-typed values."""
-        return parse_parameters(self.parameters, raw, runbook=self.name)
+        values = parse_parameters(self.parameters, raw, runbook=self.name)
+        if self.changes_cluster and self.cluster_param and not self.cluster_of(values.values):
+            # Without a cluster name there is nothing to lock: two such runs could change
+            # the same machines at once.
+            raise ParameterError(
+                f"{self.name} changes a cluster: {self.cluster_param} must name it, "
+                "and it is empty",
+                runbook=self.name,
+                valid=[f"{self.cluster_param}=NAME"],
+            )
+        return values
 
     def parse_words(self, words: list[str]) -> ParameterSet:
         """Typed values from ``key=value`` words as typed on a command line."""

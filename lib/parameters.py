@@ -152,7 +152,15 @@ def _normalise_type(
             raise ParameterError(
                 f"runbook {runbook}: cannot read the choices of {name!r}: {raw}", runbook=runbook
             ) from None
-        return "choice", tuple(str(v) for v in parsed)
+        if not all(isinstance(value, str) for value in parsed):
+            # A choice arrives in the notebook as the text that was chosen; a Literal of
+            # numbers would hand the notebook "1" where its code expects 1.
+            raise ParameterError(
+                f"runbook {runbook}: the choices of {name!r} must be strings ({raw}); for a "
+                "number, declare int or float with a [min..max] range in the help",
+                runbook=runbook,
+            )
+        return "choice", tuple(parsed)
     if compact in ("list[str]", "List[str]", "typing.List[str]", "list"):
         return "list[str]", ()
     if compact in ("str", "int", "float", "bool"):

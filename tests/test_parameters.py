@@ -84,3 +84,37 @@ def test_unsupported_type_is_a_clear_error():
         spec_from_papermill(
             "d", {"inferred_type_name": "dict", "default": "{}", "help": ""}, runbook="x"
         )
+
+
+def test_typed_values_arrive_in_the_kernel_with_their_types(engine):
+    result = engine.run(
+        "17_typed",
+        {"name": "Zoë", "count": "4", "ratio": "0.25", "enabled": "yes", "tags": "a,b",
+         "mode": "fast"},
+        requester="t", source="cli",
+    )
+    assert result.status == "succeeded", result.error
+    # JSON keeps the kinds apart: 4 not "4", 0.25 not "0.25", true not "yes", a list.
+    assert result.outputs["values"] == {
+        "name": "Zoë", "count": 4, "ratio": 0.25, "enabled": True, "tags": ["a", "b"],
+        "mode": "fast",
+    }
+
+
+def test_choices_of_numbers_are_refused_when_the_runbook_is_read():
+    from clusterbook.parameters import spec_from_papermill
+
+    with pytest.raises(ParameterError, match="choices of 'size' must be strings"):
+        spec_from_papermill(
+            "size",
+            {"inferred_type_name": "Literal[1, 2]", "default": "1", "help": ""},
+            runbook="x",
+        )
+
+
+def test_a_cluster_changing_runbook_needs_a_cluster_name():
+    book = Catalogue(FIXTURE_RUNBOOKS).get("16_changes_cluster")
+    with pytest.raises(ParameterError, match="cluster must name it") as caught:
+        book.parse({"cluster": ""})
+    assert "cluster=NAME" in str(caught.value)
+    assert book.parse({"cluster": "alpha"}).values["cluster"] == "alpha"
