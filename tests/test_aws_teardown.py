@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 import textwrap
@@ -11,7 +12,7 @@ import pytest
 
 from clusterbook.aws.provision import provision_cluster
 from clusterbook.aws.tags import TAG_CLUSTER
-from clusterbook.aws.teardown import list_tagged_resources, teardown_cluster
+from clusterbook.aws.teardown import list_tagged_resources, teardown_cluster, teardown_region
 from clusterbook.aws.validate import validate_cluster_spec
 from clusterbook.errors import UserInputError
 from fixtures.aws import REGION
@@ -165,8 +166,12 @@ def test_teardown_after_a_provision_killed_midway(
     left = tagged_with(aws_cli, "demo")
     assert len([r for r in left if r.startswith("i-")]) == 1
     assert not aws_settings.cluster_dir("demo").joinpath("inventory.json").exists()
+    # No inventory, and settings naming another region: the provision noted its own.
+    elsewhere = dataclasses.replace(aws_settings, aws_region="us-east-1")
+    assert teardown_region(elsewhere, "demo") == REGION
 
     report = teardown_cluster(aws_clients, settings=aws_settings, cluster="demo", confirm="demo")
 
     assert report.remaining == []
     assert tagged_with(aws_cli, "demo") == set()
+    assert not aws_settings.cluster_dir("demo").exists()

@@ -36,6 +36,8 @@ from clusterbook.settings import Settings
 logger = logging.getLogger(__name__)
 
 INVENTORY_FILE = "inventory.json"
+#: The cluster's region, written when provisioning starts (see ``remember_region``).
+REGION_FILE = "region"
 FORMAT_VERSION = 1
 SSH_USER = "ubuntu"
 
@@ -160,6 +162,30 @@ def read_inventory(settings: Settings, cluster: str) -> Inventory:
         )
     nodes = [Node(**node) for node in data.pop("nodes")]
     return Inventory(nodes=nodes, **data)
+
+
+def remember_region(settings: Settings, cluster: str, region: str) -> Path:
+    """Note the cluster's region before provisioning creates anything: a provision stopped
+    before it wrote the inventory still tells a later teardown where to look."""
+    path = settings.cluster_dir(cluster) / REGION_FILE
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path.write_text(region + "\n")
+    return path
+
+
+def remembered_region(settings: Settings, cluster: str) -> str | None:
+    try:
+        return (settings.cluster_dir(cluster) / REGION_FILE).read_text().strip() or None
+    except FileNotFoundError:
+        return None
+
+
+def forget_region(settings: Settings, cluster: str) -> Path | None:
+    path = settings.cluster_dir(cluster) / REGION_FILE
+    if not path.exists():
+        return None
+    path.unlink()
+    return path
 
 
 def remove_inventory(settings: Settings, cluster: str) -> bool:

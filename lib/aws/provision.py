@@ -21,7 +21,7 @@ from clusterbook.aws.instances import (
     wait_until_running,
     wait_until_status_ok,
 )
-from clusterbook.aws.inventory import Inventory, build_nodes, write_inventory
+from clusterbook.aws.inventory import Inventory, build_nodes, remember_region, write_inventory
 from clusterbook.aws.keys import KeyInfo, ensure_key_pair
 from clusterbook.aws.network import NetworkInfo, ensure_network, ensure_security_group
 from clusterbook.aws.session import AwsClients, make_clients
@@ -167,6 +167,7 @@ def provision_cluster(
         wait_for_ssh=options.wait_for_ssh,
     )
     aws = clients or make_clients(settings, region=spec.region)
+    remember_region(settings, spec.cluster, spec.region)
 
     launched = launch_cluster(settings, spec, run_id=run_id, clients=aws)
     instances = wait_for_nodes(aws.ec2, launched.instance_ids, settings=settings, options=options)

@@ -29,7 +29,13 @@ from botocore.exceptions import ClientError
 
 from clusterbook.aws.errors import translate_aws_errors, translate_client_error
 from clusterbook.aws.instances import describe_instances
-from clusterbook.aws.inventory import inventory_path, read_inventory, remove_inventory
+from clusterbook.aws.inventory import (
+    forget_region,
+    inventory_path,
+    read_inventory,
+    remembered_region,
+    remove_inventory,
+)
 from clusterbook.aws.keys import remove_local_key
 from clusterbook.aws.session import AwsClients
 from clusterbook.aws.tags import TAG_CLUSTER, cluster_filter
@@ -75,13 +81,15 @@ def check_confirmation(cluster: str, confirm: str) -> None:
 
 
 def teardown_region(settings: Settings, cluster: str, region: str = "") -> str:
-    """The region to tear down in: as given, else the inventory's, else the settings'."""
+    """The region to tear down in: as given, else the inventory's, else the one a provision
+    noted when it started (it may have stopped before writing the inventory), else the
+    settings'."""
     if region:
         return validate_region(region)
     try:
         return read_inventory(settings, cluster).region
     except UserInputError:
-        return settings.aws_region
+        return remembered_region(settings, cluster) or settings.aws_region
 
 
 def check_nothing_left(report: TeardownReport) -> None:
@@ -173,6 +181,8 @@ def teardown_cluster(
 
     if remove_inventory(settings, cluster):
         report.note("inventory-file", str(inventory_path(settings, cluster)))
+    if (region_file := forget_region(settings, cluster)) is not None:
+        report.note("region-file", str(region_file))
     _remove_empty_dir(settings, cluster)
 
     report.remaining, report.terminated_instances = list_tagged_resources(ec2, cluster)
