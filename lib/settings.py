@@ -78,6 +78,16 @@ class Settings:
                 f"ssh_address must be one of {', '.join(get_args(SshAddress))}, "
                 f"not {self.ssh_address!r}"
             )
+        if self.sandbox and self.ssh_address != "private":
+            # The sandbox's EC2 makes up public addresses that may belong to anyone on the
+            # internet; its machines answer only at their private addresses.
+            raise ConfigError(
+                f"ssh_address = {self.ssh_address!r} cannot be used with the sandbox: its "
+                "machines answer only at their private addresses, and the public ones its "
+                "EC2 reports are made up (they may belong to strangers)",
+                hint='set ssh_address = "private" (CLUSTERBOOK_SSH_ADDRESS=private), as '
+                "`clusterbook sandbox up` writes it",
+            )
 
     @property
     def clusters_dir(self) -> Path:

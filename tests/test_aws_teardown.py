@@ -127,7 +127,8 @@ KILL_MIDWAY = textwrap.dedent(
     from clusterbook.aws.validate import validate_cluster_spec
     from clusterbook.settings import Settings
 
-    settings = Settings(state_dir=sys.argv[1], aws_endpoint_url=sys.argv[2], sandbox=True)
+    settings = Settings(state_dir=sys.argv[1], aws_endpoint_url=sys.argv[2], sandbox=True,
+                        ssh_address="private")
     clients = make_clients(settings, region=sys.argv[3])
     launches = []
 

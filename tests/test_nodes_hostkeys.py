@@ -56,7 +56,7 @@ def test_garbage_lines_are_skipped(tmp_path: Path) -> None:
 
 
 def test_sandbox_keys_come_from_the_published_file(tmp_path: Path) -> None:
-    settings = Settings(state_dir=tmp_path, sandbox=True, requester="t")
+    settings = Settings(state_dir=tmp_path, sandbox=True, ssh_address="private", requester="t")
     published = published_host_keys_path(tmp_path / "sandbox", "i-0123")
     published.parent.mkdir(parents=True)
     published.write_text(make_public_key(tmp_path, "ed25519") + "\n")
@@ -67,7 +67,7 @@ def test_sandbox_keys_come_from_the_published_file(tmp_path: Path) -> None:
 
 
 def test_missing_keys_are_a_host_error_naming_the_instance(tmp_path: Path) -> None:
-    settings = Settings(state_dir=tmp_path, sandbox=True, requester="t")
+    settings = Settings(state_dir=tmp_path, sandbox=True, ssh_address="private", requester="t")
 
     with pytest.raises(HostError, match="no SSH host keys of i-0456") as caught:
         fetch_host_keys(settings, "i-0456")

@@ -23,12 +23,12 @@ def test_precedence(tmp_path):
         'aws_region = "eu-west-1"\nssh_address = "private"\ncell_timeout_s = 10\n'
     )
     environ = {"CLUSTERBOOK_STATE_DIR": str(tmp_path), "CLUSTERBOOK_SSH_ADDRESS": "bastion",
-               "CLUSTERBOOK_SANDBOX": "true"}
+               "CLUSTERBOOK_RUN_TIMEOUT_S": "60"}
 
     from_file_and_env = Settings.load(environ=environ)
     assert from_file_and_env.aws_region == "eu-west-1"       # file over default
     assert from_file_and_env.ssh_address == "bastion"        # environment over file
-    assert from_file_and_env.cell_timeout_s == 10.0 and from_file_and_env.sandbox is True
+    assert from_file_and_env.cell_timeout_s == 10.0 and from_file_and_env.run_timeout_s == 60
 
     overridden = Settings.load(environ=environ, ssh_address="public")
     assert overridden.ssh_address == "public"                # caller over environment
@@ -48,6 +48,9 @@ def test_explicit_config_file(tmp_path):
     ({"CLUSTERBOOK_SANDBOX": "perhaps"}, None, "sandbox must be true or false"),
     ({"CLUSTERBOOK_CELL_TIMEOUT_S": "soon"}, None, "must be a number of seconds"),
     ({"CLUSTERBOOK_SSH_ADDRESS": "carrier-pigeon"}, None, "ssh_address must be one of"),
+    # The sandbox's settings file says private; an environment saying public must not win.
+    ({"CLUSTERBOOK_SSH_ADDRESS": "public"}, 'sandbox = true\nssh_address = "private"\n',
+     "cannot be used with the sandbox"),
 ])
 def test_bad_settings_name_the_problem(tmp_path, environ, file_text, fragment):
     if file_text is not None:
