@@ -82,6 +82,8 @@ def test_private_key_never_reaches_outputs_or_the_archive(engine: Any, aws_setti
     for text in (archived, html, outputs):
         assert "PRIVATE KEY-----" not in text
         assert not any(line in text for line in secret_lines)
+        # Not even redacted: the runbook never showed the key, so there was nothing to hide.
+        assert "[REDACTED:private-key]" not in text
 
 
 def test_teardown_refuses_without_confirmation_and_deletes_nothing(
