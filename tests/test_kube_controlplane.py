@@ -139,6 +139,51 @@ def test_components_die_with_a_killed_owner_and_its_folder_is_swept(
     assert not left[0].exists()
 
 
+THREAD_OWNER_SCRIPT = """
+import sys, threading, time, urllib.request
+from pathlib import Path
+from clusterbook.kube.controlplane import ControlPlane
+from clusterbook.kube.toolchain import KubeBinaries, read_pinned_versions
+binaries = KubeBinaries(versions=read_pinned_versions(), bin_dir=Path(sys.argv[1]))
+plane = ControlPlane(binaries, workers=0, parent_dir=Path(sys.argv[2]))
+starter = threading.Thread(target=plane.start)
+starter.start()
+starter.join()
+time.sleep(2)  # the thread that started the components is gone: they must still serve
+print(plane.run_kubectl("get", "--raw", "/readyz").stdout.strip(), flush=True)
+print(" ".join(str(p.pid) for p in plane.processes), flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_plane_started_from_a_thread_outlives_it_and_a_crash_is_swept(
+    kube_binaries: KubeBinaries, tmp_path: Path
+) -> None:
+    owner = subprocess.Popen(
+        [sys.executable, "-c", THREAD_OWNER_SCRIPT, str(kube_binaries.bin_dir), str(tmp_path)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert owner.stdout is not None
+        assert owner.stdout.readline().strip() == "ok"
+        pids = [int(pid) for pid in owner.stdout.readline().split()]
+        assert len(pids) == 5
+    finally:
+        owner.kill()
+        owner.wait()
+        owner.stdout.close()
+
+    left = list(tmp_path.glob("clusterbook-kube-*"))
+    assert len(left) == 1
+    assert remove_stale_work_dirs(tmp_path) == left
+    deadline = time.monotonic() + 15
+    while _processes_mentioning(str(tmp_path)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _processes_mentioning(str(tmp_path)) == []
+    assert not left[0].exists()
+
+
 def test_sweep_keeps_folders_of_live_owners(tmp_path: Path) -> None:
     mine = tmp_path / "clusterbook-kube-mine"
     mine.mkdir()

@@ -39,7 +39,12 @@ from kubernetes.client.exceptions import ApiException
 from clusterbook.errors import KubeError
 from clusterbook.kube.kubeconfig import write_kubeconfig
 from clusterbook.kube.pki import ClusterPki, create_pki
-from clusterbook.kube.processes import ManagedProcess, find_free_ports, wait_for
+from clusterbook.kube.processes import (
+    ManagedProcess,
+    find_free_ports,
+    kill_programs_naming,
+    wait_for,
+)
 from clusterbook.kube.stages import render_kwok_config
 from clusterbook.kube.toolchain import KubeBinaries
 from clusterbook.redact import redact_text
@@ -64,8 +69,9 @@ OWNER_FILE = "owner.pid"
 def remove_stale_work_dirs(parent: Path) -> list[Path]:
     """Remove work folders left by control planes whose owning process has died.
 
-    Components die with their owner (see ``processes``), but a folder is only removed by
-    ``stop()``, which a killed process never reaches; the next start sweeps such leftovers.
+    Components usually die with their owner (see ``processes``), but a folder is only
+    removed by ``stop()``, which a killed process never reaches; the next start sweeps such
+    leftovers, and any component still running from one.
     """
     removed = []
     for candidate in parent.glob(f"{WORK_DIR_PREFIX}*"):
@@ -75,6 +81,8 @@ def remove_stale_work_dirs(parent: Path) -> list[Path]:
             continue
         if owner == os.getpid() or Path(f"/proc/{owner}").exists():
             continue
+        for pid in kill_programs_naming(candidate):
+            logger.info("stopped pid %d, a component left running by process %d", pid, owner)
         shutil.rmtree(candidate, ignore_errors=True)
         removed.append(candidate)
         logger.info("removed %s, left behind by process %d", candidate, owner)

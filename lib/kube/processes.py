@@ -4,6 +4,12 @@ Each program runs in its own session (process group) with its output in a log fi
 asked by the kernel to die with us (``PR_SET_PDEATHSIG``), so a crashed test run does not
 leave an etcd or an apiserver behind. Stopping sends SIGTERM to the group, then SIGKILL.
 
+The kernel sends that signal when the *thread* that started the program ends, not the
+process: a program started from any other thread than the main one (a worker of a pool that
+later ends) would be killed while still in use, so it is not asked. Should such an owner
+crash, ``kill_programs_naming`` finds its programs by their work folder, which every one of
+them names on its command line.
+
 Known shortcoming: a port is found free by binding to it and closing it again, so another
 program can take it before ours binds. On this single-user machine that has not happened;
 the component then fails to start with "address already in use" in its log tail.
@@ -17,6 +23,7 @@ import os
 import signal
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -56,6 +63,27 @@ def _die_with_parent() -> None:
     _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
+def kill_programs_naming(folder: Path) -> list[int]:
+    """SIGKILL every program whose command line names a path inside ``folder``; their pids."""
+    mark = str(folder).rstrip("/") + "/"
+    killed = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if not any(mark in arg.decode(errors="replace") for arg in argv[1:]):
+            continue
+        try:
+            os.kill(int(entry.name), signal.SIGKILL)
+        except ProcessLookupError:
+            continue
+        killed.append(int(entry.name))
+    return killed
+
+
 class ManagedProcess:
     """One running program, its log file, and how to stop it."""
 
@@ -71,6 +99,7 @@ class ManagedProcess:
 
     def start(self) -> None:
         logger.debug("starting %s: %s", self.name, " ".join(self.argv))
+        on_main_thread = threading.current_thread() is threading.main_thread()
         with open(self.log_path, "ab") as log:
             self._process = subprocess.Popen(
                 self.argv,
@@ -78,7 +107,7 @@ class ManagedProcess:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
-                preexec_fn=_die_with_parent,  # noqa: PLW1509 (see _LIBC)
+                preexec_fn=_die_with_parent if on_main_thread else None,  # noqa: PLW1509
             )
 
     def is_running(self) -> bool:
