@@ -122,6 +122,7 @@ def main() -> None:
             ]
             running = sum(1 for pod in listing if pod["status"].get("phase") == "Running")
             print(f"{running} pods Running after {populate_s:.1f}s")
+            ready_nodes = count_ready_nodes(core)
             memory = {p.name: round(peak_rss_mb(p.pid), 1) for p in plane.processes if p.pid}
             print("peak RSS MB:", memory)
     finally:
@@ -129,7 +130,7 @@ def main() -> None:
 
     result = {
         "ready_s": round(ready_s, 2),
-        "nodes": args.nodes,
+        "nodes": ready_nodes,
         "pods": running,
         "populate_s": round(populate_s, 1),
         "nodes_s": round(nodes_s, 1),
