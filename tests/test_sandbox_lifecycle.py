@@ -117,11 +117,16 @@ def test_instance_outside_the_sandbox_range_gets_no_host(sandbox: Any) -> None:
     assert f"instance {instance_id} gets no sandbox host" in log
 
 
-def test_up_is_idempotent(sandbox: Any) -> None:
+def test_up_is_idempotent_and_restores_the_settings_file(sandbox: Any) -> None:
+    config = sandbox.settings.state_dir / "clusterbook.toml"
+    config.unlink()
+
     again = sandbox_up(sandbox.settings, cache_dir=sandbox.cache_dir)
 
     assert again.pid == sandbox.status.pid
     assert again.endpoint_url == sandbox.status.endpoint_url
+    assert again.config_file == config
+    assert f'aws_endpoint_url = "{again.endpoint_url}"' in config.read_text()
 
 
 def test_sweep_knows_the_daemon_and_its_moto_but_not_a_reader_of_its_logs(sandbox: Any) -> None:

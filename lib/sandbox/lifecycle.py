@@ -110,6 +110,8 @@ def sandbox_up(settings: Settings, *, cache_dir: Path, cidr: str | None = None) 
     current = sandbox_status(settings)
     if current.running:
         logger.info("sandbox already running (pid %s)", current.pid)
+        # The settings file may have been removed or edited since: it points here again.
+        current.config_file = write_settings_file(settings, current)
         return current
 
     names = network.SandboxNames.for_folder(folder)

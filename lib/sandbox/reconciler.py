@@ -141,7 +141,13 @@ class Reconciler:
                     self._warn_once(instance_id, self._crash_reason(instance_id))
                     continue
                 self._boots[instance_id] = self._boots.get(instance_id, 0) + 1
-                self._boot(instance)
+                try:
+                    self._boot(instance)
+                except Exception as exc:  # noqa: BLE001 - one bad machine must not stall the rest
+                    logger.error("booting %s failed (attempt %d): %s", instance_id,
+                                 self._boots[instance_id], exc)
+                    report.refused.append(instance_id)
+                    continue
                 report.booted.append(instance_id)
             elif state in STOPPED_STATES:
                 self._boots.pop(instance_id, None)
