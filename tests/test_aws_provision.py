@@ -338,3 +338,20 @@ def test_stopped_node_is_started_again_not_replaced(
 
     assert [n.instance_id for n in second.nodes] == [n.instance_id for n in first.nodes]
     assert {n.state for n in second.nodes} == {"running"}
+
+
+def test_an_instance_that_stopped_while_waited_for_is_started(
+    aws_settings: Any, aws_clients: Any, fast_waits: WaitOptions
+) -> None:
+    """A node found "stopping" is not started with the stopped ones; once it has stopped,
+    the wait for "running" starts it instead of waiting out its time limit."""
+    from clusterbook.aws.instances import wait_until_running
+
+    first = provision_cluster(aws_settings, make_spec(), run_id="r1", options=fast_waits)
+    worker = first.nodes_of("worker")[0].instance_id
+    aws_clients.ec2.stop_instances(InstanceIds=[worker])
+
+    limits = WaitLimits(running_s=20, poll_s=0.1)
+    instances = wait_until_running(aws_clients.ec2, [worker], limits=limits)
+
+    assert [i["State"]["Name"] for i in instances] == ["running"]

@@ -223,6 +223,13 @@ def wait_until_running(
         if not waiting:
             logger.info("all %d instances are running", len(instances))
             return instances
+        stopped = sorted(k for k, v in states.items() if v == "stopped")
+        if stopped:
+            # Found "stopping" by the provision, they have stopped since: start them, as it
+            # starts the stopped ones it finds.
+            with translate_aws_errors(f"start the stopped instances {', '.join(stopped)}"):
+                ec2.start_instances(InstanceIds=stopped)
+            logger.info("started instances that had finished stopping: %s", ", ".join(stopped))
         if time.monotonic() > deadline:
             raise AwsError(
                 f"instance(s) not running after {limits.running_s:.0f} s: {', '.join(waiting)}",
