@@ -176,3 +176,35 @@ def test_teardown_after_a_provision_killed_midway(
     assert report.remaining == []
     assert tagged_with(aws_cli, "demo") == set()
     assert not aws_settings.cluster_dir("demo").exists()
+
+
+def test_the_iam_policy_in_deploy_allows_every_call_made(
+    aws_settings: Any, aws_clients: Any, fast_waits: Any
+) -> None:
+    """deploy/aws-iam-policy.json is what an operator grants the bot or the CLI: every call a
+    provision (both VPC modes, run twice) and a teardown really make must be in it."""
+    import json
+    from pathlib import Path
+
+    policy = json.loads(
+        (Path(__file__).resolve().parent.parent / "deploy" / "aws-iam-policy.json").read_text()
+    )
+    allowed = {action for statement in policy["Statement"] for action in statement["Action"]}
+    made: set[str] = set()
+
+    def note(model: Any, **_: Any) -> None:
+        made.add(f"{model.service_model.signing_name}:{model.name}")
+
+    aws_clients.on_every_call(note)
+    for cluster, mode in (("plain", "default"), ("own", "dedicated")):
+        spec = make_spec(cluster, vpc_mode=mode)
+        for run in ("first", "again"):
+            provision_cluster(
+                aws_settings, spec, run_id=run, options=fast_waits, clients=aws_clients
+            )
+        teardown_cluster(aws_clients, settings=aws_settings, cluster=cluster, confirm=cluster)
+
+    assert {"ec2:RunInstances", "ec2:TerminateInstances", "ec2:CreateVpc"} <= made
+    # Instances and volumes are tagged at creation, which AWS authorises as CreateTags.
+    assert "ec2:CreateTags" in allowed
+    assert made - allowed == set()
