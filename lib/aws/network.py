@@ -95,6 +95,7 @@ def ensure_dedicated_network(ec2: Any, *, cluster: str, tags: dict[str, str]) ->
     named = dict(tags, Name=f"{cluster}")
     with translate_aws_errors(f"set up the dedicated VPC of {cluster}"):
         vpc = _find_one(ec2.describe_vpcs, cluster, "Vpcs")
+        new_vpc = vpc is None
         if vpc is None:
             vpc = ec2.create_vpc(
                 CidrBlock=DEDICATED_VPC_CIDR, TagSpecifications=tag_specifications("vpc", named)
@@ -103,7 +104,10 @@ def ensure_dedicated_network(ec2: Any, *, cluster: str, tags: dict[str, str]) ->
             logger.info("created VPC %s", vpc["VpcId"])
         vpc_id = vpc["VpcId"]
 
-        subnet = _find_one(ec2.describe_subnets, cluster, "Subnets", vpc_id=vpc_id)
+        # A VPC made just now has no subnet or route table of ours to find.
+        subnet = None
+        if not new_vpc:
+            subnet = _find_one(ec2.describe_subnets, cluster, "Subnets", vpc_id=vpc_id)
         if subnet is None:
             subnet = ec2.create_subnet(
                 VpcId=vpc_id,
@@ -133,6 +137,7 @@ def ensure_dedicated_network(ec2: Any, *, cluster: str, tags: dict[str, str]) ->
             subnet_id=subnet["SubnetId"],
             gateway_id=gateway["InternetGatewayId"],
             tags=named,
+            look_first=not new_vpc,
         )
 
     return NetworkInfo(
@@ -152,8 +157,11 @@ def _ensure_route_table(
     subnet_id: str,
     gateway_id: str,
     tags: dict[str, str],
+    look_first: bool,
 ) -> None:
-    table = _find_one(ec2.describe_route_tables, cluster, "RouteTables", vpc_id=vpc_id)
+    table = None
+    if look_first:
+        table = _find_one(ec2.describe_route_tables, cluster, "RouteTables", vpc_id=vpc_id)
     if table is None:
         table = ec2.create_route_table(
             VpcId=vpc_id, TagSpecifications=tag_specifications("route-table", tags)
