@@ -113,7 +113,7 @@ def start_http_bot(
     signing_secret: str,
     access_yaml: str,
     env: dict[str, str] | None = None,
-    threads: int = 16,
+    threads: int = 4,
 ) -> HttpBot:
     """Start the bot on a free port of 127.0.0.1 and return once ``/healthz`` answers."""
     state_dir.mkdir(parents=True, exist_ok=True)
