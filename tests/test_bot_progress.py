@@ -104,6 +104,35 @@ def test_bot_run_never_trips_the_per_channel_limit(tmp_path):
         assert sorted(finals) == ["00_hello: succeeded", "51_sleep: succeeded"]
 
 
+def test_the_bot_obeys_retry_after_and_its_messages_still_land(tmp_path):
+    """Slack answers the bot's first post and first updates with 429: the bot waits as long
+    as Retry-After says, then its run message, progress and result all arrive."""
+    from fixtures.slack import SlackClientSim
+
+    with SlackStandin(bot_token=BOT_TOKEN) as standin:
+        runbooks = make_test_runbooks(tmp_path / "runbooks")
+        bot = start_bot(standin=standin, state_dir=tmp_path / "state", runbooks_dir=runbooks)
+        try:
+            standin.rate_limit("chat.postMessage", times=1, retry_after=2)
+            standin.rate_limit("chat.update", times=2, retry_after=1)
+            slack = SlackClientSim(bot.url + "/slack/events", standin)
+            reply = slack.slash("run 00_hello name=limited", channel="C0429")
+            assert reply.status == 200
+            standin.wait_for(
+                lambda s: [m for m in s.messages("C0429") if m.text == "00_hello: succeeded"],
+                timeout=60,
+            )
+        finally:
+            bot.stop()
+
+        posts = [c for c in standin.calls("chat.postMessage") if c.params["channel"] == "C0429"]
+        assert [c.status for c in posts][:2] == [429, 200]
+        assert posts[1].at - posts[0].at >= 1.9
+        updates = [c for c in standin.calls("chat.update") if c.params["channel"] == "C0429"]
+        assert [c.status for c in updates][:3] == [429, 429, 200]
+        assert updates[1].at - updates[0].at >= 0.9 and updates[2].at - updates[1].at >= 0.9
+
+
 def test_restart_marks_running_runs_interrupted_and_resumes_queued_ones(tmp_path):
     from fixtures.slack import SlackClientSim
 
