@@ -193,3 +193,27 @@ def test_sweep_keeps_folders_of_live_owners(tmp_path: Path) -> None:
 
     assert remove_stale_work_dirs(tmp_path) == []
     assert mine.exists() and unowned.exists()
+
+
+def test_nodes_get_heartbeats(kube_binaries: KubeBinaries, tmp_path: Path) -> None:
+    """kwok's heartbeat stage refreshes each node's conditions, as a kubelet's status
+    updates do, so nodes stay Ready past the controller-manager's grace period."""
+    import json
+
+    plane = ControlPlane(kube_binaries, workers=1, node_heartbeat_s=1, parent_dir=tmp_path)
+    plane.start()
+    try:
+        def heartbeat() -> str:
+            nodes = json.loads(plane.run_kubectl("get", "nodes", "-o", "json").stdout)
+            worker = next(n for n in nodes["items"] if "worker" in n["metadata"]["name"])
+            ready = next(c for c in worker["status"]["conditions"] if c["type"] == "Ready")
+            assert ready["status"] == "True"
+            return ready["lastHeartbeatTime"]
+
+        first = heartbeat()
+        deadline = time.monotonic() + 30
+        while heartbeat() == first:
+            assert time.monotonic() < deadline, "no heartbeat in 30 s"
+            time.sleep(0.5)
+    finally:
+        plane.stop()

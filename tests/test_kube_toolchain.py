@@ -11,12 +11,14 @@ import pytest
 
 from clusterbook.errors import MissingComponentError
 from clusterbook.kube.toolchain import (
+    BINARY_NAMES,
     TOOLCHAIN_DIR,
     KubeBinaries,
     build_binaries,
     locate_binaries,
     read_pinned_versions,
 )
+from fixtures.common import require
 
 REPO = TOOLCHAIN_DIR.parent
 
@@ -108,3 +110,16 @@ def test_build_without_go_names_what_to_install(
         build_binaries(tmp_path)
     assert "install Go >= " in str(caught.value)
     assert not (tmp_path / "kube").exists()
+
+
+def test_binaries_are_static_and_reproducible_builds(kube_binaries: KubeBinaries) -> None:
+    """Built with CGO_ENABLED=0 (static, they run in a distroless image and on any host)
+    and -trimpath (no build machine's paths inside), as Go records in every binary."""
+    import shutil
+
+    go = shutil.which("go") or "/usr/local/go/bin/go"
+    require(Path(go).exists(), "Go (to read the binaries' build settings)")
+    for name in BINARY_NAMES:
+        settings = _output(go, "version", "-m", kube_binaries.path(name))
+        assert "CGO_ENABLED=0" in settings, name
+        assert "-trimpath=true" in settings, name

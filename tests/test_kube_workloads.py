@@ -186,3 +186,22 @@ def test_job_pod_completes(control_plane: ControlPlane) -> None:
         assert job["status"]["succeeded"] == 1
     finally:
         control_plane.run_kubectl("delete", "namespace", "batch", "--wait=false")
+
+
+def test_a_pod_marked_not_ready_becomes_ready_again(nginx: ControlPlane) -> None:
+    """kwok's ready-again stage plays the kubelet's part when a probe recovers."""
+    pod = _running_pods(nginx)[0]["metadata"]["name"]
+    nginx.run_kubectl(
+        "patch", "pod", pod, "-n", NAMESPACE, "--subresource=status", "--type=strategic",
+        "-p", '{"status":{"conditions":[{"type":"Ready","status":"False"}]}}',
+    )
+
+    def ready() -> str:
+        conditions = _get(nginx, "pod", pod, "-n", NAMESPACE)["status"]["conditions"]
+        return next(c["status"] for c in conditions if c["type"] == "Ready")
+
+    assert ready() == "False"
+    deadline = time.monotonic() + 30
+    while ready() != "True":
+        assert time.monotonic() < deadline, f"{pod} stayed not ready"
+        time.sleep(0.3)

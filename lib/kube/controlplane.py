@@ -100,6 +100,7 @@ class ControlPlane:
         control_plane_nodes: int = 1,
         startup_timeout_s: float = 60.0,
         node_lease_s: int = 40,
+        node_heartbeat_s: int = 300,
         parent_dir: Path | None = None,
     ) -> None:
         self.binaries = binaries
@@ -107,6 +108,8 @@ class ControlPlane:
         self.control_plane_nodes = control_plane_nodes
         self.startup_timeout_s = startup_timeout_s
         self.node_lease_s = node_lease_s
+        #: How often kwok refreshes each node's conditions, as a kubelet's status update.
+        self.node_heartbeat_s = node_heartbeat_s
         self.parent_dir = parent_dir
 
         self.work_dir: Path | None = None
@@ -306,7 +309,7 @@ class ControlPlane:
             user="system:kube-scheduler",
         )
         kwok_config = work_dir / "kwok.yaml"
-        kwok_config.write_text(render_kwok_config())
+        kwok_config.write_text(render_kwok_config(node_heartbeat_s=self.node_heartbeat_s))
 
         etcd_url = f"http://127.0.0.1:{etcd_client}"
         self._launch(
