@@ -167,9 +167,15 @@ def build_app(service: BotService, *, verify_requests: bool) -> App:
                 private_metadata=str(view.get("private_metadata") or ""),
                 state_values=(view.get("state") or {}).get("values") or {},
             )
-        except Exception as exc:  # noqa: BLE001 - the modal closes; the log says why
+        except ClusterbookError as exc:
+            # The form cannot be used any more (its runbook is gone or broke): say so in it.
             logger.warning("modal submission from %s refused: %s", user, exc)
-            ack()
+            ack(response_action="update", view=messages.modal_problem(str(exc)))
+            return
+        except Exception:  # noqa: BLE001 - a damaged submission gets a plain answer
+            logger.exception("modal submission from %s could not be read", user)
+            problem = "this form could not be read; nothing was started. Start again."
+            ack(response_action="update", view=messages.modal_problem(problem))
             return
         if errors:
             ack(response_action="errors", errors=errors)

@@ -123,6 +123,16 @@ def user_error(message: str) -> str:
     return f":warning: {escape(message)}"
 
 
+def modal_problem(text: str) -> dict[str, Any]:
+    """A modal replacing a form that cannot be submitted, saying why."""
+    return {
+        "type": "modal",
+        "title": {"type": "plain_text", "text": "clusterbook"},
+        "close": {"type": "plain_text", "text": "Close"},
+        "blocks": [section(user_error(text))],
+    }
+
+
 def internal_error(reference: str) -> str:
     return (
         ":boom: Something went wrong on our side; nothing was started. "

@@ -16,6 +16,7 @@ import pytest
 
 from clusterbook.archive.index import RunIndex
 from clusterbook_bot.standin import SlackStandin, StoredMessage
+from fixtures.slack import write_runbook
 
 
 def index_of(bot: Any) -> RunIndex:
@@ -180,6 +181,28 @@ def test_parameter_modal_validates_fields_then_runs(bot, slack_standin):
     assert accepted.body in ("", "{}") or "errors" not in accepted.json()
     message = final_message(slack_standin, channel)
     assert "HELLO, MODAL!" in json.dumps(message.blocks)
+
+
+def test_a_form_whose_runbook_went_away_says_so_in_the_modal(bot, slack_standin):
+    process, slack = bot
+    channel = "C0GONE"
+    folder = process.state_dir / "runbooks"
+    write_runbook(folder, "54_vanishing", params='who: str = "x"  # someone', steps=[])
+
+    slack.slash("run 54_vanishing", channel=channel)
+    opened = slack_standin.wait_for(
+        lambda s: [c for c in s.calls("views.open") if channel in json.dumps(c.params)]
+    )
+    view = opened[-1].params["view"]
+    view = json.loads(view) if isinstance(view, str) else view
+    (folder / "54_vanishing.ipynb").unlink()
+
+    values = {"who": {"value": {"type": "plain_text_input", "value": "y"}}}
+    answer = slack.submit_view(view, values).json()
+
+    assert answer["response_action"] == "update"
+    assert "54_vanishing" in json.dumps(answer["view"])
+    assert not [r for r in slack_standin.messages(channel)]
 
 
 def test_forged_old_and_replayed_requests_are_refused(bot, slack_standin):
