@@ -52,6 +52,8 @@ MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 #: updated: inside gunicorn's graceful time-out (20 s) and the 30 s that systemd and
 #: Kubernetes give a stopping bot before they kill it.
 SHUTDOWN_GRACE_S = 12.0
+#: Threads for follow-ups after an ack (opening a modal, answering a button, a notice).
+FOLLOW_UP_THREADS = 4
 #: The status a stage reports when the engine, shutting down, left it queued.
 HELD = "queued"
 
@@ -101,6 +103,11 @@ class RunDispatcher:
         self.client = client
         self.writer = writer
         self._intake = ThreadPoolExecutor(max_workers=1, thread_name_prefix="intake")
+        # Follow-ups have their own threads: a modal must open within the 3 s its trigger
+        # lives, however long a run's first post waits for its channel's turn at Slack.
+        self._followups = ThreadPoolExecutor(
+            max_workers=FOLLOW_UP_THREADS, thread_name_prefix="follow-up"
+        )
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="run")
         self._waiting = 0
         self._lock = threading.Lock()
@@ -120,11 +127,14 @@ class RunDispatcher:
         if interrupted:
             logger.warning("shutting down: interrupted %s", ", ".join(interrupted))
 
-        # Intake first: it may still hand work to the pool, which must accept it.
+        # Follow-ups may confirm a request into the intake, and the intake hands requests
+        # to the pool: each must still accept work while the one before it drains.
+        self._followups.shutdown(wait=False)
+        self._drain(self._intake_work, deadline)
         self._intake.shutdown(wait=False)
-        _wait_for(self._intake_work, deadline)
+        self._drain(self._intake_work, deadline)
         self._pool.shutdown(wait=False)
-        if _wait_for(self._pool_work, deadline):
+        if self._drain(self._pool_work, deadline):
             logger.warning("shutting down: runs still finishing after %.0f s", grace_s)
         return interrupted
 
@@ -141,7 +151,7 @@ class RunDispatcher:
 
     def later(self, work: Callable[..., None], *args: Any) -> None:
         """Run a small follow-up of a request (a modal, a notice) after the ack."""
-        self._track(self._intake, self._intake_work, work, *args)
+        self._track(self._followups, self._intake_work, work, *args)
 
     def _track(
         self,
@@ -158,6 +168,18 @@ class RunDispatcher:
     def _forget(self, pending: set[Future[None]], future: Future[None]) -> None:
         with self._lock:
             pending.discard(future)
+
+    def _drain(self, pending: set[Future[None]], deadline: float) -> bool:
+        """Wait until ``pending`` work (which may grow meanwhile) is done or ``deadline``
+        passes; True if some is left."""
+        while time.monotonic() < deadline:
+            with self._lock:
+                left = list(pending)
+            if not left:
+                return False
+            wait(left, timeout=max(0.0, deadline - time.monotonic()))
+        with self._lock:
+            return bool(pending)
 
     @staticmethod
     def _guard(work: Callable[..., None], *args: Any) -> None:
@@ -454,12 +476,6 @@ class RunDispatcher:
 
     def _notify(self, channel: str, text: str) -> None:
         self.writer.send(channel, lambda: self.client.chat_postMessage(channel=channel, text=text))
-
-
-def _wait_for(pending: set[Future[None]], deadline: float) -> bool:
-    """Wait until ``pending`` work is done or ``deadline`` passes; True if some is left."""
-    left = wait(list(pending), timeout=max(0.0, deadline - time.monotonic())).not_done
-    return bool(left)
 
 
 @dataclass(frozen=True)

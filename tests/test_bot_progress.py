@@ -133,6 +133,31 @@ def test_the_bot_obeys_retry_after_and_its_messages_still_land(tmp_path):
         assert updates[1].at - updates[0].at >= 0.9 and updates[2].at - updates[1].at >= 0.9
 
 
+def test_a_modal_opens_while_a_run_waits_for_its_turn_at_slack(tmp_path):
+    """A form's trigger lives 3 s: opening it must not wait behind a run's first post, held
+    up here by Slack's Retry-After."""
+    from fixtures.slack import SlackClientSim
+
+    with SlackStandin(bot_token=BOT_TOKEN) as standin:
+        runbooks = make_test_runbooks(tmp_path / "runbooks")
+        bot = start_bot(standin=standin, state_dir=tmp_path / "state", runbooks_dir=runbooks)
+        try:
+            standin.rate_limit("chat.postMessage", times=1, retry_after=4)
+            slack = SlackClientSim(bot.url + "/slack/events", standin)
+            slack.slash("run 00_hello name=first", channel="C0BUSY")
+            standin.wait_for(lambda s: s.calls("chat.postMessage"), timeout=10)
+            slack.slash("run 00_hello", channel="C0FORM")
+            opened = standin.wait_for(lambda s: s.calls("views.open"), timeout=10)
+            posted = standin.wait_for(
+                lambda s: [c for c in s.calls("chat.postMessage") if c.status == 200],
+                timeout=20,
+            )
+        finally:
+            bot.stop()
+
+        assert opened[0].at < posted[0].at
+
+
 def test_restart_marks_running_runs_interrupted_and_resumes_queued_ones(tmp_path):
     from fixtures.slack import SlackClientSim
 
