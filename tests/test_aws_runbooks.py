@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from clusterbook.aws.inventory import remembered_region
 from clusterbook.aws.tags import TAG_CLUSTER
 from fixtures.aws import REGION
 
@@ -57,6 +58,7 @@ def test_provision_then_teardown_through_the_engine(
     owners = {t["Value"] for i in instances for t in i["Tags"] if t["Key"] == "clusterbook:owner"}
     assert owners == {"alice"}
     assert result.outputs["cost_preview"][-2]["item"] == "total"
+    assert remembered_region(aws_settings, "nb") == aws_settings.aws_region
 
     again = engine.run("01_provision", PROVISION, requester="alice", source="cli")
     assert [n["instance"] for n in again.outputs["nodes"]] == [n["instance"] for n in nodes]
