@@ -6,6 +6,7 @@ import itertools
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 from slack_sdk import WebClient
 
@@ -158,27 +159,38 @@ def test_a_modal_opens_while_a_run_waits_for_its_turn_at_slack(tmp_path):
         assert opened[0].at < posted[0].at
 
 
-def test_restart_marks_running_runs_interrupted_and_resumes_queued_ones(tmp_path):
+def _one_worker_bot_files(tmp_path: Path) -> tuple[Path, Path, dict[str, str]]:
+    """Runbooks, state folder and environment of a bot with one run worker."""
+    runbooks = make_test_runbooks(tmp_path / "runbooks")
+    return runbooks, tmp_path / "state", {"CLUSTERBOOK_BOT_WORKERS": "1"}
+
+
+def _one_running_one_queued(
+    standin: SlackStandin, runbooks: Path, state: Path, env: dict[str, str]
+) -> tuple[Any, RunIndex]:
+    """A bot with one worker, busy with a long run (channel C0LONG) while a second one
+    (C0NEXT) waits for it."""
     from fixtures.slack import SlackClientSim
 
+    bot = start_bot(standin=standin, state_dir=state, runbooks_dir=runbooks, extra_env=env)
+    index = RunIndex(state / "runs.sqlite3")
+    try:
+        slack = SlackClientSim(bot.url + "/slack/events", standin)
+        slack.slash("run 51_sleep seconds=300", channel="C0LONG")
+        standin.wait_for(lambda s: [r for r in index.list() if r.status == "running"], timeout=30)
+        slack.slash("run 00_hello name=after", channel="C0NEXT")
+        standin.wait_for(lambda s: [r for r in index.list() if r.status == "queued"], timeout=30)
+    except BaseException:
+        bot.kill()
+        raise
+    return bot, index
+
+
+def test_restart_marks_running_runs_interrupted_and_resumes_queued_ones(tmp_path):
     with SlackStandin(bot_token=BOT_TOKEN) as standin:
-        runbooks = make_test_runbooks(tmp_path / "runbooks")
-        state = tmp_path / "state"
-        env = {"CLUSTERBOOK_BOT_WORKERS": "1"}
-        bot = start_bot(standin=standin, state_dir=state, runbooks_dir=runbooks, extra_env=env)
-        index = RunIndex(state / "runs.sqlite3")
-        try:
-            slack = SlackClientSim(bot.url + "/slack/events", standin)
-            slack.slash("run 51_sleep seconds=300", channel="C0LONG")
-            standin.wait_for(
-                lambda s: [r for r in index.list() if r.status == "running"], timeout=30
-            )
-            slack.slash("run 00_hello name=after", channel="C0NEXT")
-            standin.wait_for(
-                lambda s: [r for r in index.list() if r.status == "queued"], timeout=30
-            )
-        finally:
-            bot.kill()
+        runbooks, state, env = _one_worker_bot_files(tmp_path)
+        bot, index = _one_running_one_queued(standin, runbooks, state, env)
+        bot.kill()
 
         long_run = next(r for r in index.list() if r.channel == "C0LONG")
         next_run = next(r for r in index.list() if r.channel == "C0NEXT")
@@ -209,24 +221,10 @@ def test_sigterm_seals_the_running_run_and_keeps_the_queued_one(tmp_path):
     """A graceful stop (what systemd and Kubernetes send) ends the running run "interrupted"
     with its notebook archived and its message final; the queued run stays queued, says so,
     and the next start runs it."""
-    from fixtures.slack import SlackClientSim
-
     with SlackStandin(bot_token=BOT_TOKEN) as standin:
-        runbooks = make_test_runbooks(tmp_path / "runbooks")
-        state = tmp_path / "state"
-        env = {"CLUSTERBOOK_BOT_WORKERS": "1"}
-        bot = start_bot(standin=standin, state_dir=state, runbooks_dir=runbooks, extra_env=env)
-        index = RunIndex(state / "runs.sqlite3")
+        runbooks, state, env = _one_worker_bot_files(tmp_path)
+        bot, index = _one_running_one_queued(standin, runbooks, state, env)
         try:
-            slack = SlackClientSim(bot.url + "/slack/events", standin)
-            slack.slash("run 51_sleep seconds=300", channel="C0LONG")
-            standin.wait_for(
-                lambda s: [r for r in index.list() if r.status == "running"], timeout=30
-            )
-            slack.slash("run 00_hello name=after", channel="C0NEXT")
-            standin.wait_for(
-                lambda s: [r for r in index.list() if r.status == "queued"], timeout=30
-            )
             started = time.monotonic()
             bot.process.terminate()
             exit_status = bot.process.wait(timeout=40)

@@ -99,68 +99,30 @@ def test_failed_start_cleans_up_and_shows_the_log(
 
 
 OWNER_SCRIPT = """
-import sys, time
-from pathlib import Path
-from clusterbook.kube.controlplane import ControlPlane, remove_stale_work_dirs
-from clusterbook.kube.toolchain import KubeBinaries, read_pinned_versions
-binaries = KubeBinaries(versions=read_pinned_versions(), bin_dir=Path(sys.argv[1]))
-plane = ControlPlane(binaries, workers=0, parent_dir=Path(sys.argv[2]))
-plane.start()
-print(" ".join(str(p.pid) for p in plane.processes), flush=True)
-time.sleep(600)
-"""
-
-
-def test_components_die_with_a_killed_owner_and_its_folder_is_swept(
-    kube_binaries: KubeBinaries, tmp_path: Path
-) -> None:
-    owner = subprocess.Popen(
-        [sys.executable, "-c", OWNER_SCRIPT, str(kube_binaries.bin_dir), str(tmp_path)],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert owner.stdout is not None
-        pids = [int(pid) for pid in owner.stdout.readline().split()]
-        assert len(pids) == 5
-    finally:
-        owner.kill()
-        owner.wait()
-        owner.stdout.close()
-
-    deadline = time.monotonic() + 15
-    while _processes_mentioning(str(tmp_path)) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert _processes_mentioning(str(tmp_path)) == []
-
-    left = list(tmp_path.glob("clusterbook-kube-*"))
-    assert len(left) == 1
-    assert remove_stale_work_dirs(tmp_path) == left
-    assert not left[0].exists()
-
-
-THREAD_OWNER_SCRIPT = """
-import sys, threading, time, urllib.request
+import sys, threading, time
 from pathlib import Path
 from clusterbook.kube.controlplane import ControlPlane
 from clusterbook.kube.toolchain import KubeBinaries, read_pinned_versions
 binaries = KubeBinaries(versions=read_pinned_versions(), bin_dir=Path(sys.argv[1]))
 plane = ControlPlane(binaries, workers=0, parent_dir=Path(sys.argv[2]))
-starter = threading.Thread(target=plane.start)
-starter.start()
-starter.join()
-time.sleep(2)  # the thread that started the components is gone: they must still serve
+if sys.argv[3] == "thread":
+    starter = threading.Thread(target=plane.start)
+    starter.start()
+    starter.join()
+    time.sleep(2)  # the thread that started the components is gone: they must still serve
+else:
+    plane.start()
 print(plane.run_kubectl("get", "--raw", "/readyz").stdout.strip(), flush=True)
 print(" ".join(str(p.pid) for p in plane.processes), flush=True)
 time.sleep(600)
 """
 
 
-def test_a_plane_started_from_a_thread_outlives_it_and_a_crash_is_swept(
-    kube_binaries: KubeBinaries, tmp_path: Path
-) -> None:
+def _start_plane_then_kill_its_owner(binaries: KubeBinaries, folder: Path, how: str) -> None:
+    """A control plane started (from the main thread, or another ``thread``) by a process
+    that is then killed, as a crashed test run or bot would be."""
     owner = subprocess.Popen(
-        [sys.executable, "-c", THREAD_OWNER_SCRIPT, str(kube_binaries.bin_dir), str(tmp_path)],
+        [sys.executable, "-c", OWNER_SCRIPT, str(binaries.bin_dir), str(folder), how],
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -172,15 +134,38 @@ def test_a_plane_started_from_a_thread_outlives_it_and_a_crash_is_swept(
     finally:
         owner.kill()
         owner.wait()
-        owner.stdout.close()
+        if owner.stdout is not None:
+            owner.stdout.close()
+
+
+def _wait_until_nothing_runs_from(folder: Path) -> None:
+    deadline = time.monotonic() + 15
+    while _processes_mentioning(str(folder)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _processes_mentioning(str(folder)) == []
+
+
+def test_components_die_with_a_killed_owner_and_its_folder_is_swept(
+    kube_binaries: KubeBinaries, tmp_path: Path
+) -> None:
+    _start_plane_then_kill_its_owner(kube_binaries, tmp_path, "main")
+
+    _wait_until_nothing_runs_from(tmp_path)
+    left = list(tmp_path.glob("clusterbook-kube-*"))
+    assert len(left) == 1
+    assert remove_stale_work_dirs(tmp_path) == left
+    assert not left[0].exists()
+
+
+def test_a_plane_started_from_a_thread_outlives_it_and_a_crash_is_swept(
+    kube_binaries: KubeBinaries, tmp_path: Path
+) -> None:
+    _start_plane_then_kill_its_owner(kube_binaries, tmp_path, "thread")
 
     left = list(tmp_path.glob("clusterbook-kube-*"))
     assert len(left) == 1
     assert remove_stale_work_dirs(tmp_path) == left
-    deadline = time.monotonic() + 15
-    while _processes_mentioning(str(tmp_path)) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert _processes_mentioning(str(tmp_path)) == []
+    _wait_until_nothing_runs_from(tmp_path)
     assert not left[0].exists()
 
 
