@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -120,3 +121,35 @@ def test_one_broken_notebook_leaves_the_other_runbooks_usable(cli, tmp_path):
     refused = cli("run", "20_no_parameters", runbooks=folder)
     assert refused.returncode == 2
     assert "has no cell tagged 'parameters'" in refused.stderr
+
+
+def test_a_locked_cluster_is_exit_code_3_naming_the_holder(cli, tmp_path):
+    env = {
+        **os.environ,
+        "CLUSTERBOOK_STATE_DIR": str(tmp_path / "state"),
+        "CLUSTERBOOK_RUNBOOKS_DIR": str(FIXTURE_RUNBOOKS),
+    }
+    holder = subprocess.Popen(
+        [sys.executable, "-m", "clusterbook.cli", "run", "16_changes_cluster",
+         "-p", "cluster=alpha", "-p", "seconds=30", "--quiet"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not [r for r in json.loads(cli("runs", "--json").stdout)
+                   if r["status"] == "running"]:
+            assert time.monotonic() < deadline, "the holding run never started"
+            time.sleep(0.2)
+
+        second = cli("run", "16_changes_cluster", "-p", "cluster=alpha")
+        other = cli("run", "16_changes_cluster", "-p", "cluster=beta", "--quiet")
+    finally:
+        holder.terminate()
+        holder.wait(60)
+
+    assert second.returncode == 3, second.stderr
+    assert "alpha" in second.stderr and "Traceback" not in second.stderr
+    assert other.returncode == 0, other.stderr
+    on_alpha = json.loads(cli("runs", "--cluster", "alpha", "--json").stdout)
+    assert {r["cluster"] for r in on_alpha} == {"alpha"}
+    assert sorted(r["status"] for r in on_alpha) == ["failed", "interrupted"]
