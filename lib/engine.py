@@ -185,6 +185,10 @@ class Engine:
         if handle is not None:
             handle.stop("cancelled")
             return True
+        if record.status == "running" and record.pid == os.getpid():
+            # Claimed here a moment ago, its kernel not registered yet: it is stopped as
+            # soon as it is (see _execute_claimed).
+            return True
         if record.status == "queued":
             self._finish_unstarted(record, "cancelled", "cancelled before it started")
             return True

@@ -7,12 +7,15 @@ and from the executed notebook itself; every text that leaves here is ANSI-free 
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from typing import Any
 
 from clusterbook.execution import Execution, outline_steps
 from clusterbook.notebook import OUTPUT_MIME
 from clusterbook.redact import Redactor, strip_ansi
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -98,7 +101,12 @@ def read_outputs(nb: Any) -> dict[str, Any]:
             data = output.get("data", {})
             if OUTPUT_MIME in data:
                 payload = data[OUTPUT_MIME]
-                if isinstance(payload, str):
-                    payload = json.loads(payload)
-                outputs[payload["name"]] = payload["value"]
+                try:
+                    if isinstance(payload, str):
+                        payload = json.loads(payload)
+                    outputs[payload["name"]] = payload["value"]
+                except (ValueError, KeyError, TypeError):
+                    # An output edited by hand or cut short: the others are still worth
+                    # showing, and `audit verify` is what tells whether a file was changed.
+                    logger.warning("an unreadable recorded output was skipped")
     return outputs

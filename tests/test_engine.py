@@ -267,3 +267,18 @@ def test_an_engine_failure_mid_run_still_ends_with_a_record(engine, monkeypatch)
         engine.execute(record.run_id)
     sealed = engine.index.get(record.run_id)
     assert sealed.status == "failed" and "disk vanished" in sealed.error_summary
+
+
+def test_an_unreadable_recorded_output_is_skipped_not_fatal():
+    from clusterbook.engine import read_outputs
+    from clusterbook.notebook import OUTPUT_MIME
+
+    cell = nbformat.v4.new_code_cell("record(...)")
+    cell.outputs = [
+        nbformat.v4.new_output("display_data", {OUTPUT_MIME: {"name": "kept", "value": 1}}),
+        nbformat.v4.new_output("display_data", {OUTPUT_MIME: "{not json"}),
+        nbformat.v4.new_output("display_data", {OUTPUT_MIME: {"value": "no name"}}),
+    ]
+    notebook = nbformat.v4.new_notebook(cells=[cell])
+
+    assert read_outputs(notebook) == {"kept": 1}
