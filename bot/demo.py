@@ -113,9 +113,10 @@ def start_http_bot(
     signing_secret: str,
     access_yaml: str,
     env: dict[str, str] | None = None,
-    threads: int = 4,
+    threads: int | None = None,
 ) -> HttpBot:
-    """Start the bot on a free port of 127.0.0.1 and return once ``/healthz`` answers."""
+    """Start the bot on a free port of 127.0.0.1 and return once ``/healthz`` answers
+    (``threads``: its request threads, by default the bot's own default)."""
     state_dir.mkdir(parents=True, exist_ok=True)
     access = state_dir / "access.yaml"
     access.write_text(access_yaml)
@@ -139,8 +140,7 @@ def start_http_bot(
             "http",
             "--bind",
             "127.0.0.1:0",
-            "--threads",
-            str(threads),
+            *(["--threads", str(threads)] if threads else []),
         ],
         env=child_env,
         stdout=subprocess.DEVNULL,

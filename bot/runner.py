@@ -54,8 +54,6 @@ MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 SHUTDOWN_GRACE_S = 12.0
 #: Threads for follow-ups after an ack (opening a modal, answering a button, a notice).
 FOLLOW_UP_THREADS = 4
-#: The status a stage reports when the engine, shutting down, left it queued.
-HELD = "queued"
 
 
 @dataclass(frozen=True)
@@ -272,6 +270,7 @@ class RunDispatcher:
         links: list[str] = []
         uploads: list[tuple[str, str]] = []
         status, failure = "succeeded", None
+        held = False
 
         for index, stage in enumerate(request.stages):
             job.stage_index = index
@@ -283,9 +282,10 @@ class RunDispatcher:
                     break
             run_id = job.run_ids[-1]
 
-            result = self._execute_stage(job, run_id)
-            if result.status == HELD:
-                status = HELD
+            try:
+                result = self._execute_stage(job, run_id)
+            except EngineClosed:
+                held = True
                 break
             outputs.update(result.outputs or {})
             if result.notebook_path:
@@ -295,7 +295,7 @@ class RunDispatcher:
                 status, failure = result.status, (stage, result)
                 break
 
-        if status == HELD:
+        if held:
             self._hold(job, run_id=job.run_ids[-1])
         else:
             self._finish(job, status=status, outputs=outputs, links=links, failure=failure)
@@ -323,7 +323,7 @@ class RunDispatcher:
         try:
             return self.engine.execute(run_id, on_progress=on_progress)
         except EngineClosed:
-            return _NotStarted(run_id=run_id, message="", status=HELD)
+            raise  # not a failure: the run stays queued (see _hold)
         except ClusterbookError as exc:
             logger.warning("run %s could not start: %s", run_id, exc)
             return _NotStarted(run_id=run_id, message=str(exc))
@@ -480,8 +480,7 @@ class RunDispatcher:
 
 @dataclass(frozen=True)
 class _NotStarted:
-    """A stage the engine did not start (lock held, run cancelled while queued, or left
-    queued because the bot is stopping)."""
+    """A stage the engine refused to start (lock held, run cancelled while queued)."""
 
     run_id: str
     message: str
