@@ -169,32 +169,23 @@ def test_killed_engine_leaves_an_interrupted_run_with_its_partial_notebook(tmp_p
     _assert_partial_notebook_archived_without_the_secret(state, run)
 
 
-def test_ctrl_c_seals_the_run_interrupted_with_its_partial_notebook(tmp_path):
+@pytest.mark.parametrize("signum, exit_code, why", [
+    (signal.SIGINT, 130, "Ctrl-C"),      # an operator at the terminal
+    (signal.SIGTERM, 143, "shut down"),  # systemd, a CI job being stopped, `kill`
+])
+def test_a_stopped_cli_seals_the_run_interrupted_with_its_partial_notebook(
+    tmp_path, signum, exit_code, why
+):
     state = tmp_path / "state"
     proc, work = _start_sleeping_run(state)
 
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signum)
     _, stderr = proc.communicate(timeout=60)
 
-    assert proc.returncode == 130, stderr
+    assert proc.returncode == exit_code, stderr
     run = _only_run(state)
     assert run["status"] == "interrupted"
-    assert "Ctrl-C" in run["error_summary"]
-    assert not work.exists()
-    _assert_partial_notebook_archived_without_the_secret(state, run)
-
-
-def test_sigterm_seals_the_run_interrupted_with_its_partial_notebook(tmp_path):
-    state = tmp_path / "state"
-    proc, work = _start_sleeping_run(state)
-
-    proc.send_signal(signal.SIGTERM)
-    _, stderr = proc.communicate(timeout=60)
-
-    assert proc.returncode == 143, stderr
-    run = _only_run(state)
-    assert run["status"] == "interrupted"
-    assert "shut down" in run["error_summary"]
+    assert why in run["error_summary"]
     assert not work.exists()
     _assert_partial_notebook_archived_without_the_secret(state, run)
 

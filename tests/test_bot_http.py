@@ -348,12 +348,9 @@ def test_aborted_destructive_request_runs_nothing(bot, slack_standin):
     assert not [r for r in index_of(process).list(limit=1000) if r.channel == channel]
 
 
-def test_cancel_stops_a_running_run(bot, slack_standin):
-    process, slack = bot
-    channel = "C0CANCEL"
-
-    slack.slash("run 51_sleep seconds=120", channel=channel)
-    running = slack_standin.wait_for(
+def _wait_until_running(process, standin, channel: str) -> list:
+    """The runs of ``channel`` that are running, once there is one."""
+    return standin.wait_for(
         lambda s: [
             r
             for r in index_of(process).list(limit=1000)
@@ -361,6 +358,14 @@ def test_cancel_stops_a_running_run(bot, slack_standin):
         ],
         timeout=30,
     )
+
+
+def test_cancel_stops_a_running_run(bot, slack_standin):
+    process, slack = bot
+    channel = "C0CANCEL"
+
+    slack.slash("run 51_sleep seconds=120", channel=channel)
+    running = _wait_until_running(process, slack_standin, channel)
     run_id = running[0].run_id
 
     live = slack_standin.wait_for(
@@ -383,14 +388,7 @@ def test_people_may_cancel_their_own_runs_without_the_cancel_right(bot, slack_st
     channel = "C0OWNCANCEL"
 
     slack.slash("run 51_sleep seconds=120", user="U0DAVE", channel=channel)
-    running = slack_standin.wait_for(
-        lambda s: [
-            r
-            for r in index_of(process).list(limit=1000)
-            if r.channel == channel and r.status == "running"
-        ],
-        timeout=30,
-    )
+    running = _wait_until_running(process, slack_standin, channel)
     run_id = running[0].run_id
     assert running[0].requester == "slack:U0DAVE"
 

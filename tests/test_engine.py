@@ -105,16 +105,23 @@ def test_kernel_that_dies_fails_the_run(engine):
     assert result.error.step_title == "Die"
 
 
-def test_cancel_stops_a_running_run(engine):
-    record = engine.prepare("12_sleeps", {"seconds": "60"}, requester="t", source="cli")
-    outcome = {}
-    worker = threading.Thread(target=lambda: outcome.update(r=engine.execute(record.run_id)))
+def _execute_in_background(engine, run_id: str) -> tuple[threading.Thread, dict]:
+    """Execute ``run_id`` in a thread; return once its kernel runs the notebook. The result
+    lands in the dict under "r"."""
+    outcome: dict = {}
+    worker = threading.Thread(target=lambda: outcome.update(r=engine.execute(run_id)))
     worker.start()
     deadline = time.monotonic() + 30
-    while engine.index.get(record.run_id).status != "running" or not engine._active:
+    while engine.index.get(run_id).status != "running" or not engine._active:
         assert time.monotonic() < deadline
         time.sleep(0.1)
     time.sleep(1.5)
+    return worker, outcome
+
+
+def test_cancel_stops_a_running_run(engine):
+    record = engine.prepare("12_sleeps", {"seconds": "60"}, requester="t", source="cli")
+    worker, outcome = _execute_in_background(engine, record.run_id)
 
     assert engine.cancel(record.run_id)
     worker.join(30)
@@ -125,14 +132,7 @@ def test_cancel_stops_a_running_run(engine):
 def test_interrupt_all_seals_running_runs_and_starts_no_more(engine):
     running = engine.prepare("12_sleeps", {"seconds": "60"}, requester="t", source="slack")
     waiting = engine.prepare("10_succeeds", {}, requester="t", source="slack")
-    outcome = {}
-    worker = threading.Thread(target=lambda: outcome.update(r=engine.execute(running.run_id)))
-    worker.start()
-    deadline = time.monotonic() + 30
-    while engine.index.get(running.run_id).status != "running" or not engine._active:
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
-    time.sleep(1.5)
+    worker, outcome = _execute_in_background(engine, running.run_id)
 
     assert engine.interrupt_all() == [running.run_id]
     worker.join(30)
