@@ -232,15 +232,7 @@ class RunDispatcher:
         logger.warning("%s for %s not queued: %s", request.title, request.requester, exc)
 
         if job.ts:
-            self.writer.send(
-                request.channel,
-                lambda: self.client.chat_update(
-                    channel=request.channel,
-                    ts=job.ts,
-                    text=f"{request.title}: failed",
-                    blocks=[messages.section(text)],
-                ),
-            )
+            self._rewrite(job, status="failed", blocks=[messages.section(text)])
         elif request.response_url:
             WebhookClient(request.response_url).send(text=text, response_type="ephemeral")
 
@@ -374,15 +366,7 @@ class RunDispatcher:
                 failed_step=failed_step,
                 native_table=native_table,
             )
-            return self.writer.send(
-                request.channel,
-                lambda: self.client.chat_update(
-                    channel=request.channel,
-                    ts=job.ts,
-                    text=f"{request.title}: {status}",
-                    blocks=blocks,
-                ),
-            )
+            return self._rewrite(job, status=status, blocks=blocks)
 
         self.writer.discard(request.channel, job.ts)
         try:
@@ -410,15 +394,21 @@ class RunDispatcher:
         request = job.request
         logger.info("run %s stays queued: the bot is stopping", run_id)
         self.writer.discard(request.channel, job.ts)
-        self.writer.send(
+        blocks = messages.held_for_restart(
+            title=request.title, run_id=run_id, requester=request.requester
+        )
+        self._rewrite(job, status="queued", blocks=blocks)
+
+    def _rewrite(self, job: _Job, *, status: str, blocks: list[dict[str, Any]]) -> Any:
+        """Replace the request's message (in its channel's turn); its text says the status."""
+        request = job.request
+        return self.writer.send(
             request.channel,
             lambda: self.client.chat_update(
                 channel=request.channel,
                 ts=job.ts,
-                text=f"{request.title}: queued",
-                blocks=messages.held_for_restart(
-                    title=request.title, run_id=run_id, requester=request.requester
-                ),
+                text=f"{request.title}: {status}",
+                blocks=blocks,
             ),
         )
 
